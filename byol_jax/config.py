@@ -1,0 +1,162 @@
+"""The config schema shared by every config file, and its validation.
+
+Config files in configs/ start from `base_config()` and change what they need, so every config has the
+same keys and `--config.a.b=v` overrides are checked by ml_collections against those keys and types.
+`validate()` checks values (before any compilation) and raises ConfigError with the problem and the fix.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+METHODS = ('byol', 'simsiam')
+PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
+IN_MEMORY_DATASETS = ('fashion_mnist', 'synthetic')
+TFDS_DATASETS = ('stl10', 'cifar10', 'cifar100', 'imagenet2012')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'byol'             # 'byol' (EMA target) or 'simsiam' (target = online under stop-gradient)
+  c.stop_gradient = True        # False removes the stop-gradient on the target branch (SimSiam ablation)
+  c.seed = 0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000          # total optimizer steps
+  c.train.batch_size = 128      # global batch, over all devices of all hosts
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2
+  c.train.log_every = 20
+  c.train.spectra_every = 100   # eigenvalues of F and W_p (linear-type predictors only)
+  c.train.eval_every = 0        # offline probe + kNN every N steps; 0: only at step 0 and at the end
+  c.train.num_devices = 0       # 0: every device of every process
+  c.train.compute_dtype = 'float32'  # or 'bfloat16' (parameters, optimizer and BN statistics stay float32)
+  c.train.progress_bar = True
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'fashion_mnist'
+  c.data.path = ''              # folder of the dataset files ('' = the default place)
+  c.data.image_size = 28        # side of the crops the network sees
+  c.data.augment_preset = 'fashion_mnist'
+  c.data.augment = ml_collections.ConfigDict()  # filled from the preset by finalize(); keys may be overridden
+  c.data.num_train = 0          # synthetic only: sizes of the splits
+  c.data.num_test = 0
+  c.data.tfds_data_dir = ''
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = 'resnet18'  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
+  c.model.width = 64            # channels of the first stage
+  c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool) or 'imagenet' (7x7/2 conv + max-pool)
+  c.model.projector_hidden = 512
+  c.model.projector_dim = 128
+  c.model.projector_bn_affine = False  # paper (STL/CIFAR): BatchNorm1d(affine=False); BYOL: True
+
+  c.predictor = ml_collections.ConfigDict()
+  c.predictor.kind = 'mlp'      # mlp | linear | linear_symmetric | directpred | directcopy | none
+  c.predictor.hidden = 512      # mlp only
+  c.predictor.bn_affine = False  # mlp only
+  c.predictor.use_bias = False  # linear and linear_symmetric
+  c.predictor.lr_mult = 1.0     # alpha_p: predictor lr / trunk lr
+  c.predictor.weight_decay = config_dict.placeholder(float)  # eta_p; None: same as optim.weight_decay
+  c.predictor.rho = 0.3         # DirectPred: F <- rho F + (1 - rho) E_B[f f^T]
+  c.predictor.cumulative_mean = False  # DirectPred: F = mean over all steps instead of the EMA
+  c.predictor.eps = 0.1         # DirectPred / DirectCopy
+  c.predictor.freq = 1          # DirectPred: reset W_p from F every freq steps (SGD in between)
+  c.predictor.power = 2.0       # DirectPred: c in p = s^(1/c); 1 gives a DirectCopy-like spectrum
+  c.predictor.eps_inside = False  # DirectPred: p = (s + eps)^(1/c) instead of s^(1/c) + eps
+  c.predictor.centre = False    # DirectPred: covariance instead of correlation (paper: worse)
+
+  c.ema = ml_collections.ConfigDict()
+  c.ema.tau_base = 0.996        # target <- tau target + (1 - tau) online
+  c.ema.schedule = 'constant'   # 'constant' or 'cosine' (BYOL: tau rises from tau_base to 1)
+  c.ema.target_init = 'copy'    # 'copy' (BYOL) or 'independent' (the DirectPred reference code)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.symmetric = True       # both views predict each other; False: view 1 predicts view 2 only
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'sgd'          # 'sgd' (momentum) or 'lars'
+  c.optim.lr = 0.03             # base learning rate (times batch/256 if scale_by_batch)
+  c.optim.scale_by_batch = False
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 4e-4
+  c.optim.decay_bias_and_norm = True  # paper recipe decays every parameter; BYOL/LARS excludes them
+  c.optim.schedule = 'constant'  # 'constant' or 'warmup_cosine'
+  c.optim.warmup_steps = 0
+  c.optim.lars_trust_coefficient = 1e-3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.online_probe_lr = 0.1  # the online probe on stop-gradient features, trained with SGD
+  c.eval.probe_epochs = 50      # offline linear probe on frozen standardised features (Adam)
+  c.eval.probe_batch_size = 128
+  c.eval.probe_lr = 3e-4
+  c.eval.probe_weight_decay = 1e-3
+  c.eval.knn_k = 200
+  c.eval.knn_temperature = 0.07
+  c.eval.batch_size = 1000      # feature extraction batch
+  c.eval.num_train = 0          # examples of the train split used by the probes; 0: all
+  return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills data.augment from data.augment_preset where the config left it empty; returns the config."""
+  from byol_jax.data import augment
+  if config.data.augment_preset not in augment.PRESETS:
+    raise ConfigError(f'data.augment_preset={config.data.augment_preset!r} is unknown; choose one of '
+                      f'{sorted(augment.PRESETS)}')
+  preset = augment.augment_config(config.data.augment_preset)
+  with config.unlocked():
+    for key, value in preset.items():
+      if key not in config.data.augment:
+        config.data.augment[key] = value
+  return config
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the key and the fix for values that cannot work."""
+  c = config
+  _check(c.method in METHODS, f"method={c.method!r} is unknown; use --config.method=byol or simsiam")
+  _check(c.stop_gradient or c.method == 'simsiam',
+         'stop_gradient=False needs method=simsiam: a BYOL target is an EMA with no gradient path to remove')
+  _check(c.predictor.kind in PREDICTOR_KINDS,
+         f'predictor.kind={c.predictor.kind!r} is unknown; choose one of {", ".join(PREDICTOR_KINDS)}')
+  _check(c.train.steps > 0, f'train.steps={c.train.steps} must be positive')
+  _check(c.train.batch_size > 0, f'train.batch_size={c.train.batch_size} must be positive')
+  _check(c.train.checkpoint_every > 0, 'train.checkpoint_every must be positive')
+  _check(c.train.log_every > 0, 'train.log_every must be positive')
+  _check(c.train.compute_dtype in ('float32', 'bfloat16'),
+         f"train.compute_dtype={c.train.compute_dtype!r}; use 'float32' or 'bfloat16'")
+  if num_devices is not None:
+    _check(c.train.batch_size % num_devices == 0,
+           f'train.batch_size={c.train.batch_size} is not divisible by the {num_devices} devices; '
+           f'use a multiple of {num_devices} or set --config.train.num_devices')
+  _check(c.data.name in IN_MEMORY_DATASETS + TFDS_DATASETS,
+         f'data.name={c.data.name!r} is unknown; choose one of {", ".join(IN_MEMORY_DATASETS + TFDS_DATASETS)}')
+  _check(c.data.image_size > 0, 'data.image_size must be positive')
+  p = c.predictor
+  _check(p.freq >= 1, f'predictor.freq={p.freq} must be >= 1 (1 = reset W_p every step)')
+  _check(0.0 <= p.rho < 1.0, f'predictor.rho={p.rho} must be in [0, 1)')
+  _check(p.power > 0, f'predictor.power={p.power} must be positive')
+  _check(p.eps >= 0 or p.eps_inside,
+         f'predictor.eps={p.eps} < 0 only makes sense with predictor.eps_inside=True (the c_j ablation)')
+  _check(p.lr_mult >= 0, 'predictor.lr_mult (alpha_p) must be >= 0')
+  _check(p.weight_decay is None or p.weight_decay >= 0, 'predictor.weight_decay must be >= 0')
+  _check(0.0 <= c.ema.tau_base <= 1.0, f'ema.tau_base={c.ema.tau_base} must be in [0, 1]')
+  _check(c.ema.schedule in ('constant', 'cosine'), "ema.schedule must be 'constant' or 'cosine'")
+  _check(c.ema.target_init in ('copy', 'independent'), "ema.target_init must be 'copy' or 'independent'")
+  _check(c.optim.name in ('sgd', 'lars'), f"optim.name={c.optim.name!r}; use 'sgd' or 'lars'")
+  _check(c.optim.schedule in ('constant', 'warmup_cosine'), "optim.schedule: 'constant' or 'warmup_cosine'")
+  _check(c.optim.lr > 0, 'optim.lr must be positive')
+  _check(c.optim.weight_decay >= 0, 'optim.weight_decay must be >= 0')
+  _check(0 <= c.optim.warmup_steps < c.train.steps or c.optim.schedule == 'constant',
+         'optim.warmup_steps must be smaller than train.steps')
+  _check(c.eval.knn_k > 0 and c.eval.probe_epochs > 0, 'eval.knn_k and eval.probe_epochs must be positive')

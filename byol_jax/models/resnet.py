@@ -1,0 +1,116 @@
+"""ResNet backbones (v1, as torchvision builds them) in Flax NNX.
+
+`stem='imagenet'`: 7x7 stride-2 conv + 3x3 max-pool (ImageNet, STL-10 at 96 px).
+`stem='cifar'`: one 3x3 stride-1 conv and no max-pool (CIFAR, Fashion-MNIST).
+BatchNorm takes `axis_name` so that, inside shard_map/pmap, its statistics are over the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torchvision initialises convolutions with kaiming_normal(fan_out, relu).
+conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# (block kind, blocks per stage) for each named architecture.
+ARCHITECTURES = {
+    'resnet_tiny': ('basic', (1, 1, 1, 1)),
+    'resnet18': ('basic', (2, 2, 2, 2)),
+    'resnet34': ('basic', (3, 4, 6, 3)),
+    'resnet50': ('bottleneck', (3, 4, 6, 3)),
+    'resnet101': ('bottleneck', (3, 4, 23, 3)),
+}
+
+
+def _conv(cin, cout, k, stride, dtype, rngs):
+  pad = (k - 1) // 2
+  return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False,
+                  kernel_init=conv_init, dtype=dtype, rngs=rngs)
+
+
+def _bn(c, axis_name, dtype, rngs, zero_scale=False):
+  return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype,
+                       scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+                       rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+  expansion = 1
+
+  def __init__(self, cin, width, stride, *, axis_name, dtype, rngs):
+    cout = width * self.expansion
+    self.conv1 = _conv(cin, width, 3, stride, dtype, rngs)
+    self.bn1 = _bn(width, axis_name, dtype, rngs)
+    self.conv2 = _conv(width, cout, 3, 1, dtype, rngs)
+    self.bn2 = _bn(cout, axis_name, dtype, rngs)
+    needs_projection = stride != 1 or cin != cout
+    self.shortcut = _conv(cin, cout, 1, stride, dtype, rngs) if needs_projection else None
+    self.shortcut_bn = _bn(cout, axis_name, dtype, rngs) if needs_projection else None
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    if self.shortcut is not None:
+      x = self.shortcut_bn(self.shortcut(x))
+    return nnx.relu(x + y)
+
+
+class Bottleneck(nnx.Module):
+  expansion = 4
+
+  def __init__(self, cin, width, stride, *, axis_name, dtype, rngs):
+    cout = width * self.expansion
+    self.conv1 = _conv(cin, width, 1, 1, dtype, rngs)
+    self.bn1 = _bn(width, axis_name, dtype, rngs)
+    self.conv2 = _conv(width, width, 3, stride, dtype, rngs)  # stride on the 3x3, as torchvision (v1.5)
+    self.bn2 = _bn(width, axis_name, dtype, rngs)
+    self.conv3 = _conv(width, cout, 1, 1, dtype, rngs)
+    self.bn3 = _bn(cout, axis_name, dtype, rngs)
+    needs_projection = stride != 1 or cin != cout
+    self.shortcut = _conv(cin, cout, 1, stride, dtype, rngs) if needs_projection else None
+    self.shortcut_bn = _bn(cout, axis_name, dtype, rngs) if needs_projection else None
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = nnx.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    if self.shortcut is not None:
+      x = self.shortcut_bn(self.shortcut(x))
+    return nnx.relu(x + y)
+
+
+class ResNet(nnx.Module):
+  """ResNet trunk: images [B, H, W, C] in [0, 1] -> globally pooled features [B, out_dim] (float32)."""
+
+  def __init__(self, architecture: str, *, in_channels: int, width: int = 64, stem: str = 'imagenet',
+               axis_name: str | None = 'data', dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if architecture not in ARCHITECTURES:
+      raise ValueError(f'unknown backbone {architecture!r}; choose one of {sorted(ARCHITECTURES)}')
+    if stem not in ('imagenet', 'cifar'):
+      raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
+    kind, stages = ARCHITECTURES[architecture]
+    block = BasicBlock if kind == 'basic' else Bottleneck
+    self.stem = stem
+    self.stem_conv = _conv(in_channels, width, 7 if stem == 'imagenet' else 3, 2 if stem == 'imagenet' else 1,
+                           dtype, rngs)
+    self.stem_bn = _bn(width, axis_name, dtype, rngs)
+    blocks = []
+    cin = width
+    for i, n in enumerate(stages):
+      for j in range(n):
+        stride = 2 if (i > 0 and j == 0) else 1
+        blocks.append(block(cin, width * 2**i, stride, axis_name=axis_name, dtype=dtype, rngs=rngs))
+        cin = width * 2**i * block.expansion
+    self.blocks = nnx.List(blocks)
+    self.out_dim = cin
+
+  def __call__(self, x):
+    x = nnx.relu(self.stem_bn(self.stem_conv(x)))
+    if self.stem == 'imagenet':
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for block in self.blocks:
+      x = block(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)

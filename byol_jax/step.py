@@ -1,0 +1,150 @@
+"""The training step: one pure per-device function with explicit collectives over the axis 'data'.
+
+`train_step(state, batch)` sees this device's shard of the global batch. Gradients, metrics, BatchNorm
+statistics and DirectPred's batch correlation are averaged over 'data', so the update equals the update
+of the whole global batch on one device. `shard_map_step` runs it with jax.jit(jax.shard_map(...)) over
+a 1-D mesh; `pmap_step` runs the very same function under jax.pmap (kept to show they agree).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from byol_jax import evaluate, losses, schedules, spectral
+from byol_jax.data import augment
+from byol_jax.state import Networks, TrainState
+
+AXIS = 'data'
+
+
+def _apply(graphdef, params, stats, fn):
+  """Runs fn(module) on a module rebuilt from pure pytrees; returns (out, new batch statistics)."""
+  module = nnx.merge(graphdef, params, stats)
+  out = fn(module)
+  return out, nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+
+
+def normalize(images, mean, std):
+  return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def predictor_from_corr(corr, config):
+  p = config.predictor
+  if p.kind == 'directcopy':
+    return spectral.directcopy_predictor(corr, p.eps)
+  return spectral.directpred_predictor(corr, p.eps, p.power, p.eps_inside)
+
+
+def train_step(state: TrainState, batch, *, config, networks: Networks, tx: optax.GradientTransformation,
+               mean, std, axis_name: str = AXIS):
+  """One optimizer step on this device's shard of the global batch. Pure; collectives over axis_name."""
+  kind = config.predictor.kind
+  uses_corr = kind in ('directpred', 'directcopy')
+  step = state.step
+  # Augmentation on device; each example's randomness depends on (seed, step, example index) only.
+  v1, v2 = augment.two_views(batch['image'], batch['index'], step, config.seed, config.data.augment,
+                             config.data.image_size)
+  v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
+  labels = batch['label']
+
+  def online_forward(params, stats, x):
+    def fn(m):
+      features, z = m.tower(x)
+      return features, z, m.predictor(z)
+    (features, z, p), stats = _apply(networks.online_train, params, stats, fn)
+    return features, z, p, stats
+
+  def loss_fn(params):
+    stats = state.batch_stats
+    # The two views go through the network separately, as in the reference code: BatchNorm statistics
+    # are per view (over the global batch of that view).
+    f1, z1, p1, stats = online_forward(params, stats, v1)
+    _, z2, p2, stats = online_forward(params, stats, v2)
+    if config.method == 'byol':
+      tstats = state.target_batch_stats
+      (_, t1), tstats = _apply(networks.tower_train, state.target_params, tstats, lambda m: m(v1))
+      (_, t2), tstats = _apply(networks.tower_train, state.target_params, tstats, lambda m: m(v2))
+      t1, t2 = jax.lax.stop_gradient((t1, t2))  # the EMA target never receives gradients
+    else:  # SimSiam: the target is the online projection itself
+      tstats = state.target_batch_stats
+      t1, t2 = z1, z2
+      if config.stop_gradient:
+        t1, t2 = jax.lax.stop_gradient((t1, t2))
+    ssl_loss = jnp.mean(losses.symmetric_loss(p1, p2, t1, t2, config.method, config.loss.symmetric))
+    # Online probe on stop-gradient features of view 1 (unlabelled examples have label < 0).
+    logits = nnx.merge(networks.online_train, params, state.batch_stats).probe(jax.lax.stop_gradient(f1))
+    probe_sum, correct, count = evaluate.online_probe_sums(logits, labels)
+    sums = jax.lax.psum(jnp.stack([probe_sum, correct, count]), axis_name)
+    # Normalise by the global count of labelled examples, divided back to a per-device share so that the
+    # cross-device mean of gradients (pmean below) gives the gradient of the global mean.
+    n_devices = jax.lax.psum(1, axis_name)
+    probe_loss = probe_sum * n_devices / jnp.maximum(sums[2], 1.0)
+    aux = dict(stats=stats, target_stats=tstats, z=(z1, z2), ssl_loss=ssl_loss,
+               probe_loss=sums[0] / jnp.maximum(sums[2], 1.0), probe_top1=sums[1] / jnp.maximum(sums[2], 1.0))
+    return ssl_loss + probe_loss, aux
+
+  grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name)
+
+  corr, corr_count = state.corr, state.corr_count
+  if uses_corr:
+    # F from the online projector outputs (the predictor inputs) of both views, global batch, no grad.
+    z = jax.lax.stop_gradient(jnp.concatenate(aux['z'], axis=0))
+    batch_corr = spectral.batch_correlation(z, axis_name, centre=config.predictor.centre)
+    rho = None if config.predictor.cumulative_mean else config.predictor.rho
+    corr = spectral.update_correlation(corr, batch_corr, corr_count, rho)
+    corr_count = corr_count + 1
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  if kind == 'linear_symmetric':
+    params['predictor']['kernel'] = spectral.symmetrize(params['predictor']['kernel'])
+  elif uses_corr:
+    # Overwrite W_p from F every `freq` steps (that step's SGD update is discarded, momentum is kept).
+    params['predictor']['kernel'] = jax.lax.cond(
+        step % config.predictor.freq == 0,
+        lambda: predictor_from_corr(corr, config).astype(params['predictor']['kernel'].dtype),
+        lambda: params['predictor']['kernel'])
+
+  tau = schedules.tau(step, config)
+  if config.method == 'byol':
+    target_params = schedules.ema(state.target_params, params['tower'], tau)
+  else:
+    target_params = state.target_params
+  metrics = dict(loss=aux['ssl_loss'], probe_loss=aux['probe_loss'], probe_top1=aux['probe_top1'],
+                 tau=tau, lr=schedules.learning_rate(config)(step))
+  metrics['loss'] = jax.lax.pmean(metrics['loss'], axis_name)
+  new_state = state.replace(step=step + 1, params=params, batch_stats=aux['stats'], target_params=target_params,
+                            target_batch_stats=aux['target_stats'], opt_state=opt_state, corr=corr,
+                            corr_count=corr_count)
+  return new_state, metrics
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh over `num_devices` devices (0: every device of every process), axis 'data'."""
+  devices = jax.devices()
+  if num_devices:
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(devices, (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def shard_map_step(step_fn, mesh, donate: bool = True):
+  """jit(shard_map(step)): state replicated, batch split over 'data', state buffers donated."""
+  # check_vma=False: collectives have pmap's semantics (a replicated value's gradient is not summed
+  # implicitly), so the same per-device function is correct under both shard_map and pmap.
+  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,) if donate else ())
+
+
+def pmap_step(step_fn):
+  return jax.pmap(step_fn, axis_name=AXIS)
+
+
+def make_step(config, networks, tx, mean, std):
+  return functools.partial(train_step, config=config, networks=networks, tx=tx, mean=mean, std=std)
