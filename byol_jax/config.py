@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 20
   c.train.spectra_every = 100   # eigenvalues of F and W_p (linear-type predictors only)
   c.train.eval_every = 0        # offline probe + kNN every N steps; 0: only at step 0 and at the end
+  c.train.eval_at_start = True  # evaluate the random initialisation (the baseline the run improves on)
   c.train.num_devices = 0       # 0: every device of every process
   c.train.compute_dtype = 'float32'  # or 'bfloat16' (parameters, optimizer and BN statistics stay float32)
   c.train.progress_bar = True
@@ -45,12 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment = ml_collections.ConfigDict()  # filled from the preset by finalize(); keys may be overridden
   c.data.num_train = 0          # synthetic only: sizes of the splits
   c.data.num_test = 0
-  c.data.tfds_data_dir = ''
+  c.data.tfds_data_dir = ''     # tfds datasets: where they are prepared ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = 'resnet18'  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
   c.model.width = 64            # channels of the first stage
-  c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool) or 'imagenet' (7x7/2 conv + max-pool)
+  c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool), 'cifar_stride2' (3x3/2 conv) or 'imagenet'
   c.model.projector_hidden = 512
   c.model.projector_dim = 128
   c.model.projector_bn_affine = False  # paper (STL/CIFAR): BatchNorm1d(affine=False); BYOL: True
@@ -69,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.predictor.power = 2.0       # DirectPred: c in p = s^(1/c); 1 gives a DirectCopy-like spectrum
   c.predictor.eps_inside = False  # DirectPred: p = (s + eps)^(1/c) instead of s^(1/c) + eps
   c.predictor.centre = False    # DirectPred: covariance instead of correlation (paper: worse)
+  c.predictor.solver = 'eigh'   # DirectPred/DirectCopy: 'eigh' (exact) or 'newton_schulz' (no eigh; GPU-fast)
 
   c.ema = ml_collections.ConfigDict()
   c.ema.tau_base = 0.996        # target <- tau target + (1 - tau) online
@@ -148,6 +150,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(p.power > 0, f'predictor.power={p.power} must be positive')
   _check(p.eps >= 0 or p.eps_inside,
          f'predictor.eps={p.eps} < 0 only makes sense with predictor.eps_inside=True (the c_j ablation)')
+  _check(p.solver in ('eigh', 'newton_schulz'), f"predictor.solver={p.solver!r}; use 'eigh' or 'newton_schulz'")
   _check(p.lr_mult >= 0, 'predictor.lr_mult (alpha_p) must be >= 0')
   _check(p.weight_decay is None or p.weight_decay >= 0, 'predictor.weight_decay must be >= 0')
   _check(0.0 <= c.ema.tau_base <= 1.0, f'ema.tau_base={c.ema.tau_base} must be in [0, 1]')

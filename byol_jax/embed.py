@@ -31,18 +31,20 @@ def embed(workdir: str, split: str):
   # JSON turns tuples into lists; the augmentation config is not used for embedding.
   config = config_lib.finalize(config)
   mesh = step_lib.make_mesh(config.train.num_devices)
+  config.eval.num_train = 0  # embed the whole split
   data, info = train.load_data(config)
-  images, labels = data[split]
   tx = optim.make_optimizer(config)
-  networks, state = state_lib.build(config, in_channels=images.shape[-1], num_classes=info['num_classes'], tx=tx)
+  in_channels = data['train'][0].shape[-1] if data is not None else 3
+  networks, state = state_lib.build(config, in_channels=in_channels, num_classes=info['num_classes'], tx=tx)
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
   state = ckpt.restore(state)
-  feature_fn = train.make_feature_fn(config, networks, info, mesh)
-  features = train.extract_features(feature_fn, state, images, config.eval.batch_size, mesh)
-  return features.astype(np.float32), np.asarray(labels, np.int32), int(jax.device_get(state.step))
+  feature_fn = train.make_feature_fn(config, networks, info)
+  bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
+  features, labels = train.extract_features(feature_fn, state, train.eval_batches(config, data, split, bs), mesh)
+  return features.astype(np.float32), labels.astype(np.int32), int(jax.device_get(state.step))
 
 
 def main(argv):

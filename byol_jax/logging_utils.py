@@ -9,8 +9,8 @@ import numpy as np
 
 
 def _jsonable(v):
-  if isinstance(v, (np.ndarray, list, tuple)):
-    return [float(x) for x in np.asarray(v).ravel()]
+  if np.ndim(v) > 0:
+    return [_jsonable(x) for x in np.asarray(v).ravel()]
   v = float(v)
   return v if math.isfinite(v) else str(v)  # keeps the file valid JSON when a value is NaN
 

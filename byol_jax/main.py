@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
@@ -33,6 +33,8 @@ def _in_cluster() -> bool:
 
 def main(argv):
   del argv
+  if not FLAGS['verbosity'].present:  # orbax and jax log every checkpoint at INFO; keep the terminal readable
+    logging.set_verbosity(logging.WARNING)
   import jax
   from byol_jax import config as config_lib, train
   distributed = FLAGS.distributed if FLAGS.distributed is not None else _in_cluster()

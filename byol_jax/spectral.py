@@ -6,6 +6,8 @@ way. Follows the reference code (luckmatters `ssl/real-dataset`, commit cb23d10,
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -106,3 +108,209 @@ def spectral_stats(corr: jax.Array, w_p: jax.Array) -> dict[str, jax.Array]:
       'commutator_norm': jnp.linalg.norm(comm) / (jnp.maximum(jnp.linalg.norm(corr), 1e-12) * norm_w),
       'asymmetry': jnp.linalg.norm(w_p - w_p.T) / norm_w,
   }
+
+
+# ---------------------------------------------------------------------------------------------
+# Eigendecomposition-free W_p (DirectPred c = 2 and c = 1, eps outside the root).
+#
+# eigh is a long sequential kernel on GPU (~2 ms at d = 256 on an H100); a fixed chain of d x d
+# matmuls is not. With eps outside the root, W_p = sqrtm(F / lambda_max) + eps I for c = 2 and
+# W_p = F / lambda_max + eps I for c = 1. lambda_max comes from repeated squaring plus a Rayleigh
+# quotient, the root from a coupled Newton-Schulz iteration. All products use Precision.HIGHEST:
+# the default f32 matmul on GPU may be TF32 (10-bit mantissa), which would wreck both.
+#
+# Differences from the eigh path (documented, measured in tests/test_spectral_fast.py):
+# - The 1e-4 clamp on p_j is not applied. It cannot bind for eps >= 1e-4. For eps < 1e-4 the
+#   modes with sqrt(s_j / s_max) < 1e-4 - eps get ~sqrt(s_j / s_max) + eps instead of 1e-4
+#   (an absolute difference < 1e-4 per such mode).
+# - Negative round-off eigenvalues of F: eigh clamps them to 0; Newton-Schulz maps them to
+#   something of order sqrt(|s_j| / s_max) (~1e-3 for f32 round-off) or leaves them near 0.
+# - Modes with s_j / s_max below the design floor (NS_MIN_EIGENVALUE) are only partly converged:
+#   they come out between 0 and sqrt(s_j / s_max). Their contribution to ||W_p||_F is tiny.
+# ---------------------------------------------------------------------------------------------
+
+_HI = jax.lax.Precision.HIGHEST
+
+# Squarings in `top_eigenvalue`. After k squarings the estimate is the Rayleigh quotient
+# sum_j s_j^(m+1) / sum_j s_j^m with m = 2^(k+1); its relative error is at most
+# max_r r^m (1 - r) <= 1 / (e m) per eigenvalue r s_max below the top (worst when r = 1 - 1/m;
+# a nearly equal top pair, r -> 1, is harmless). k = 11: m = 4096, <= 9e-5 for one such mode.
+# 12 matmuls.
+TOP_EIGENVALUE_ITERS = 11
+
+# Newton-Schulz design: spectrum of F / lambda_max assumed in [NS_MIN_EIGENVALUE, NS_MAX_EIGENVALUE].
+# NS_MAX_EIGENVALUE > 1 tolerates an underestimated lambda_max (up to 4%); NS_MIN_EIGENVALUE = 1e-6
+# (sqrt: 1e-3) covers the spectra of F seen in training (1e-6..1 relative). With the scaled
+# (minimax) schedule of `newton_schulz_schedule`, 10 iterations bring every mode in that range to
+# relative error <= 3e-5 (interval bound); plain Newton-Schulz needs ~20 for the same floor
+# (t = sigma^2 only grows by 9/4 per step when small). Modes below the floor are partly converged
+# (s = 1e-7: 0.68 sqrt(s), s = 1e-8: 0.25 sqrt(s); absolute error < 1e-4). Measured against float32
+# eigh (d = 128, 256; log-uniform 1..1e-6 and 1..1e-8, power law, rank 1/2 and 1/4 with exact zeros,
+# top pair 1e-5 apart; eps = 0, 0.01, 0.1): relative Frobenius error <= 6.7e-4 at eps = 0 (rank
+# deficient) and <= 1.5e-4 at full rank, about the error of float32 eigh itself against float64.
+# 10 rather than more: Z -> A^(-1/2) grows on negative round-off eigenvalues of F, and more
+# iterations make the root diverge on smaller ones (10: fine down to -1e-7 lambda_max, 1e-2 error at
+# -1e-6, divergence below ~-2e-6; 12 diverged on some rank-deficient test F). The 'newton_schulz'
+# solver checks the root and falls back to eigh on divergence. 3 matmuls per iteration minus 3.
+NS_MIN_EIGENVALUE = 1e-6
+# (sqrt: 1e-3) covers the spectra of F seen in training (1e-6..1 relative). With the scaled
+# (minimax) schedule of `newton_schulz_schedule`, 10 iterations bring every mode in that range to
+# relative error 3e-5 (interval bound), 11 to < 1e-9 (float32 round-off then dominates); plain
+# Newton-Schulz needs ~20 for the same floor (t = sigma^2 only grows by 9/4 per step when small).
+# Modes below the floor keep growing by ~2.47x (sigma) per step, so with 11 iterations a mode at
+# s = 1e-8 still reaches ~0.6 sqrt(s) (absolute error < 1e-4). Cost: 3 matmuls per iteration,
+# the last needs 2.
+NS_MIN_EIGENVALUE = 1e-6
+NS_MAX_EIGENVALUE = 1.04
+NS_ITERS = 10
+
+
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.matmul(a, b, precision=_HI)
+
+
+def top_eigenvalue(corr: jax.Array, iters: int = TOP_EIGENVALUE_ITERS) -> jax.Array:
+  """lambda_max of a symmetric PSD matrix: `iters` normalised squarings, then a Rayleigh quotient.
+
+  B = A^(2^iters) / ||.||_F (each squaring renormalised, so nothing over- or underflows) is, up to
+  scale, a sum of the top eigenprojectors weighted by (s_j / s_max)^(2^iters). The estimate is
+  <A B, B> / <B, B> = sum_j s_j^(m+1) / sum_j s_j^m with m = 2^(iters+1): a Rayleigh quotient
+  averaged over all start vectors, second order in the error of B, so a nearly degenerate top pair
+  costs nothing. iters + 1 matmuls, no data-dependent control flow. Returns 0 for F = 0.
+  """
+  a = 0.5 * (corr + corr.T).astype(jnp.float32)
+  tiny = jnp.finfo(jnp.float32).tiny
+  b = a / jnp.maximum(jnp.linalg.norm(a), tiny)
+  for _ in range(iters):
+    b = _mm(b, b)
+    b = b / jnp.maximum(jnp.linalg.norm(b), tiny)
+  ab = _mm(a, b)
+  return jnp.sum(ab * b) / jnp.maximum(jnp.sum(b * b), tiny)
+
+
+def newton_schulz_schedule(iters: int, min_eigenvalue: float | None = NS_MIN_EIGENVALUE,
+                           max_eigenvalue: float = NS_MAX_EIGENVALUE,
+                           cushion: float = 0.1) -> tuple[tuple[float, float], ...]:
+  """Per-iteration coefficients (a_k, b_k) of sigma <- sigma (a_k + b_k sigma^2), sigma = sqrt(t).
+
+  `min_eigenvalue=None`: plain Newton-Schulz, (1.5, -0.5) every step. Otherwise the greedy
+  minimax (scaled Newton-Schulz, Chen & Chow 2014 / "Polar Express" 2025) odd cubic for the
+  current interval [l, u] of sigma, starting from [sqrt(min), sqrt(max)]: sigma' = c g(alpha sigma
+  / u), g(y) = (3y - y^3) / 2, alpha^2 = 3 / (1 + r + r^2), r = l / u, c = 2 / (1 + g(alpha r)),
+  which maps [l, u] onto [2 - c, c] (equioscillation). The lower end is cushioned to >= cushion * u
+  so no mode is ever mapped close to 0 (keeps round-off from being amplified). Once the interval
+  is tight the coefficients become (1.5, -0.5). Pure Python, evaluated at trace time.
+  """
+  if min_eigenvalue is None:
+    return ((1.5, -0.5),) * iters
+  lo, hi = math.sqrt(min_eigenvalue), math.sqrt(max_eigenvalue)
+  out = []
+  for _ in range(iters):
+    r = max(lo, cushion * hi) / hi
+    alpha = math.sqrt(3.0 / (1.0 + r + r * r))
+    y = alpha * r
+    c = 2.0 / (1.0 + 1.5 * y - 0.5 * y ** 3)
+    s = alpha / hi
+    a_k, b_k = 1.5 * c * s, -0.5 * c * s ** 3
+    out.append((a_k, b_k))
+    f = lambda x: x * (a_k + b_k * x * x)  # pylint: disable=cell-var-from-loop
+    lo, hi = min(f(lo), f(hi)), c
+  return tuple(out)
+
+
+def sqrtm_newton_schulz(a: jax.Array, iters: int = NS_ITERS,
+                        min_eigenvalue: float | None = NS_MIN_EIGENVALUE) -> jax.Array:
+  """Principal square root of a symmetric PSD `a` whose spectrum lies in (0, 1] (up to ~4% above).
+
+  Coupled Newton-Schulz (Higham, Functions of Matrices, eq. 6.35): Y0 = A, Z0 = I,
+  T = a_k I + b_k Z Y, Y <- Y T, Z <- T Z; Y -> A^(1/2), Z -> A^(-1/2). Plain Newton-Schulz is
+  (a_k, b_k) = (1.5, -0.5), i.e. T = (3I - ZY)/2 (pass `min_eigenvalue=None`); by default the
+  scaled schedule of `newton_schulz_schedule`, which converges in about half the iterations for
+  small eigenvalues. Fixed iteration count (3 matmuls each, 2 for the last), float32, all
+  products at Precision.HIGHEST. Output symmetrised.
+  """
+  a = 0.5 * (a + a.T).astype(jnp.float32)
+  eye = jnp.eye(a.shape[0], dtype=jnp.float32)
+  y, z = a, eye
+  sched = newton_schulz_schedule(iters, min_eigenvalue)
+  for k, (a_k, b_k) in enumerate(sched):
+    t = a_k * eye + b_k * (y if k == 0 else _mm(z, y))  # Z0 = I: Z0 Y0 = A
+    if k == 0:
+      y, z = _mm(y, t), t
+    elif k == len(sched) - 1:
+      y = _mm(y, t)
+    else:
+      y, z = _mm(y, t), _mm(t, z)
+  return 0.5 * (y + y.T)
+
+
+def newton_schulz_matmuls(iters: int = NS_ITERS, top_iters: int = TOP_EIGENVALUE_ITERS,
+                          power: float = 2.0) -> int:
+  """d x d matmuls in one `directpred_predictor_fast` call (each 2 d^3 FLOPs)."""
+  root = 0 if power == 1 else (3 * iters - 3 if iters > 1 else iters)
+  return top_iters + 1 + root
+
+
+def _fast_predictor(corr, eps, power, eps_inside, iters, top_iters):
+  """(W_p, ok): ok is False when the root failed (non-finite, or ||S^2 - A||_F > NS_RESIDUAL_TOL ||A||_F)."""
+  if eps_inside:
+    raise ValueError('directpred_predictor_fast: eps_inside=True needs eigh')
+  if power not in (1, 2):
+    raise ValueError(f'directpred_predictor_fast: power must be 1 or 2, got {power}')
+  a = 0.5 * (corr + corr.T).astype(jnp.float32)
+  top = top_eigenvalue(a, top_iters)
+  a = a / jnp.maximum(top, jnp.finfo(jnp.float32).tiny)
+  if power == 1:
+    w, ok = a, jnp.all(jnp.isfinite(a))
+  else:
+    w = sqrtm_newton_schulz(a, iters)
+    res = jnp.linalg.norm(_mm(w, w) - a)
+    ok = jnp.isfinite(res) & (res <= NS_RESIDUAL_TOL * jnp.linalg.norm(a))
+  return w + eps * jnp.eye(a.shape[0], dtype=jnp.float32), ok
+
+
+def directpred_predictor_fast(corr: jax.Array, eps: float, power: float = 2.0,
+                              eps_inside: bool = False, iters: int = NS_ITERS,
+                              top_iters: int = TOP_EIGENVALUE_ITERS) -> jax.Array:
+  """`directpred_predictor` without eigh, for power in {1, 2} and eps outside the root.
+
+  power 2: W_p = sqrtm(F / lambda_max) + eps I;  power 1: W_p = F / lambda_max + eps I.
+  Raises ValueError otherwise (`predictor_weights` then uses eigh). See the notes above
+  TOP_EIGENVALUE_ITERS for where it differs from the eigh path (1e-4 clamp, round-off modes).
+  No safety net: use `predictor_weights(..., solver='newton_schulz')` in training.
+  """
+  if eps_inside:
+    raise ValueError('directpred_predictor_fast: eps_inside=True needs eigh')
+  if power not in (1, 2):
+    raise ValueError(f'directpred_predictor_fast: power must be 1 or 2, got {power}')
+  a = 0.5 * (corr + corr.T).astype(jnp.float32)
+  top = top_eigenvalue(a, top_iters)
+  a = a / jnp.maximum(top, jnp.finfo(jnp.float32).tiny)
+  w = a if power == 1 else sqrtm_newton_schulz(a, iters)
+  return w + eps * jnp.eye(a.shape[0], dtype=jnp.float32)
+
+
+SOLVERS = ('eigh', 'newton_schulz')
+# Fallback threshold of the 'newton_schulz' solver: relative residual ||S^2 - A||_F / ||A||_F of the
+# root S of A = F / lambda_max. Healthy roots measure 1e-5..1.1e-4 (float32 round-off); a root that
+# diverged on a negative eigenvalue of F below about -2e-6 lambda_max measures >= 1e2 (or inf).
+NS_RESIDUAL_TOL = 1e-3
+
+
+def predictor_weights(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
+                      solver: str = 'eigh') -> jax.Array:
+  """W_p from F. solver 'eigh': `directpred_predictor` (exact reference). solver 'newton_schulz':
+  the eigh-free path (`directpred_predictor_fast`) for power in {1, 2} with eps outside the root;
+  other options use eigh. For power 2 it also checks the root (one more matmul) and, if that check
+  fails (non-finite, or residual above NS_RESIDUAL_TOL: F with a clearly negative eigenvalue),
+  computes the eigh result instead via lax.cond (only one branch runs on GPU/CPU under jit).
+  `power`, `eps_inside` and `solver` must be static Python values; `eps` may be traced.
+  """
+  if solver not in SOLVERS:
+    raise ValueError(f'unknown predictor solver {solver!r}; expected one of {SOLVERS}')
+  if solver == 'eigh' or eps_inside or power not in (1, 2):
+    return directpred_predictor(corr, eps, power, eps_inside)
+  w, ok = _fast_predictor(corr, eps, power, eps_inside, NS_ITERS, TOP_EIGENVALUE_ITERS)
+  if power == 1:
+    return w
+  return jax.lax.cond(ok, lambda: w, lambda: directpred_predictor(corr, eps, power, eps_inside))

@@ -34,22 +34,34 @@ def normalize(images, mean, std):
 
 
 def predictor_from_corr(corr, config):
+  """W_p from F: DirectPred (eigenvalue transform) or DirectCopy (F / lambda_max + eps I)."""
   p = config.predictor
   if p.kind == 'directcopy':
-    return spectral.directcopy_predictor(corr, p.eps)
-  return spectral.directpred_predictor(corr, p.eps, p.power, p.eps_inside)
+    if p.solver == 'eigh':
+      return spectral.directcopy_predictor(corr, p.eps)
+    return spectral.predictor_weights(corr, p.eps, 1.0, False, solver=p.solver)
+  return spectral.predictor_weights(corr, p.eps, p.power, p.eps_inside, solver=p.solver)
 
 
 def train_step(state: TrainState, batch, *, config, networks: Networks, tx: optax.GradientTransformation,
                mean, std, axis_name: str = AXIS):
   """One optimizer step on this device's shard of the global batch. Pure; collectives over axis_name."""
   kind = config.predictor.kind
-  uses_corr = kind in ('directpred', 'directcopy')
+  sets_predictor = kind in ('directpred', 'directcopy')
+  # F is also tracked for the SGD-trained linear predictors, so their spectra can be logged (paper Fig. 2).
+  tracks_corr = kind in ('linear', 'linear_symmetric', 'directpred', 'directcopy')
   step = state.step
   # Augmentation on device; each example's randomness depends on (seed, step, example index) only.
-  v1, v2 = augment.two_views(batch['image'], batch['index'], step, config.seed, config.data.augment,
-                             config.data.image_size)
-  v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
+  if 'view1' in batch:  # ready-made normalised views (the benchmark of the step without augmentation)
+    v1, v2 = batch['view1'], batch['view2']
+  elif 'view1_u8' in batch:  # crops made on the host (ImageNet); the rest of the augmentation runs here
+    v1, v2 = augment.two_views_from_crops(batch['view1_u8'], batch['view2_u8'], batch['index'], step,
+                                          config.seed, config.data.augment, config.data.image_size)
+    v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
+  else:
+    v1, v2 = augment.two_views(batch['image'], batch['index'], step, config.seed, config.data.augment,
+                               config.data.image_size)
+    v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
   labels = batch['label']
 
   def online_forward(params, stats, x):
@@ -92,7 +104,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
   grads = jax.lax.pmean(grads, axis_name)
 
   corr, corr_count = state.corr, state.corr_count
-  if uses_corr:
+  if tracks_corr:
     # F from the online projector outputs (the predictor inputs) of both views, global batch, no grad.
     z = jax.lax.stop_gradient(jnp.concatenate(aux['z'], axis=0))
     batch_corr = spectral.batch_correlation(z, axis_name, centre=config.predictor.centre)
@@ -105,7 +117,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
 
   if kind == 'linear_symmetric':
     params['predictor']['kernel'] = spectral.symmetrize(params['predictor']['kernel'])
-  elif uses_corr:
+  elif sets_predictor:
     # Overwrite W_p from F every `freq` steps (that step's SGD update is discarded, momentum is kept).
     params['predictor']['kernel'] = jax.lax.cond(
         step % config.predictor.freq == 0,
@@ -120,6 +132,9 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
   metrics = dict(loss=aux['ssl_loss'], probe_loss=aux['probe_loss'], probe_top1=aux['probe_top1'],
                  tau=tau, lr=schedules.learning_rate(config)(step))
   metrics['loss'] = jax.lax.pmean(metrics['loss'], axis_name)
+  # 1 while the loss and the updated parameters are finite: the loop never checkpoints a state without it.
+  metrics['finite'] = jnp.isfinite(metrics['loss']) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
   new_state = state.replace(step=step + 1, params=params, batch_stats=aux['stats'], target_params=target_params,
                             target_batch_stats=aux['target_stats'], opt_state=opt_state, corr=corr,
                             corr_count=corr_count)

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -34,18 +35,57 @@ class TrainingDiverged(RuntimeError):
 # Data
 # ----------------------------------------------------------------------------------------------------
 def load_data(config):
-  """Returns ({'train': (images, labels), 'test': (...)}, info) for the in-memory datasets."""
+  """Returns (data, info). data = {'train', 'test', 'train_eval'?: (images uint8, labels)} for datasets held
+  in memory (Fashion-MNIST, synthetic, CIFAR, STL-10); None for ImageNet, which is streamed by tfds."""
   d = config.data
-  if d.name == 'fashion_mnist':
-    data = sources.load_fashion_mnist(d.path or sources.FASHION_MNIST_DIR)
-  elif d.name == 'synthetic':
-    data = sources.synthetic_dataset(d.num_train or 512, d.num_test or 256, d.image_size, 3, 10, config.seed)
+  if d.name == 'imagenet2012':
+    from byol_jax.data import tfds_source  # TensorFlow is imported only on the tfds path
+    return None, tfds_source.dataset_info(d.name)
+  if d.name in config_lib.TFDS_DATASETS:
+    from byol_jax.data import tfds_source
+    data, info = tfds_source.load_in_memory(d.name, d.tfds_data_dir or None, d.image_size)
   else:
-    raise config_lib.ConfigError(f'data.name={d.name!r} is read through tfds; see byol_jax.data.tfds_source')
-  info = sources.dataset_info(d.name)
+    raw = sources.load_dataset(d.name, d.path or None, seed=config.seed, num_train=d.num_train or 512,
+                               num_test=d.num_test or 256, image_size=d.image_size, channels=3, num_classes=10)
+    data = {split: (raw[split]['images'], raw[split]['labels']) for split in ('train', 'test')}
+    info = sources.dataset_info(d.name)
   if config.eval.num_train:
-    data['train_eval'] = tuple(a[:config.eval.num_train] for a in data['train'])
+    data['train_eval'] = tuple(a[:config.eval.num_train] for a in data.get('train_eval', data['train']))
   return data, info
+
+
+def train_batches(config, data, start_step: int):
+  """Process-local training batches from `start_step` on: a pure function of (seed, step), so resumable."""
+  if data is None:
+    from byol_jax.data import tfds_source
+    pipe = tfds_source.ImageNetPipeline('train', config.train.batch_size, config.data.image_size, config.seed,
+                                        jax.process_index(), jax.process_count(),
+                                        config.data.tfds_data_dir or None)
+    return pipe.batch_iterator(start_step)
+  images, labels = data['train']
+  source = sources.InMemorySource(images, labels, global_batch_size=config.train.batch_size, seed=config.seed,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+  return (source.batch(step) for step in itertools.count(start_step))
+
+
+def eval_batches(config, data, split: str, batch_size: int):
+  """Process-local, fixed-size evaluation batches {'image', 'label', 'mask'} covering a split once."""
+  if data is None:
+    from byol_jax.data import tfds_source
+    pipe = tfds_source.ImageNetEvalPipeline(
+        'train' if split == 'train' else 'validation', batch_size, config.data.image_size, jax.process_index(),
+        jax.process_count(), config.data.tfds_data_dir or None,
+        max_examples=(config.eval.num_train or 50_000) if split == 'train' else None)
+    yield from pipe.batches()
+    return
+  images, labels = data.get('train_eval', data['train']) if split == 'train' else data['test']
+  local = batch_size // jax.process_count()
+  lo = jax.process_index() * local
+  for start in range(0, len(images), batch_size):
+    idx = np.arange(start + lo, start + lo + local)
+    mask = idx < len(images)
+    idx = np.minimum(idx, len(images) - 1)
+    yield {'image': images[idx], 'label': labels[idx], 'mask': mask}
 
 
 def shard_batch(mesh, local_batch):
@@ -57,7 +97,7 @@ def shard_batch(mesh, local_batch):
 # ----------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
-def make_feature_fn(config, networks, info, mesh):
+def make_feature_fn(config, networks, info):
   """Frozen backbone features of un-augmented images (BatchNorm in inference mode)."""
   def features(params, stats, images):
     x = step_lib.normalize(augment.eval_view(images, config.data.image_size), info['mean'], info['std'])
@@ -66,30 +106,39 @@ def make_feature_fn(config, networks, info, mesh):
   return jax.jit(features)
 
 
-def extract_features(feature_fn, state, images, batch_size, mesh):
-  n_dev = mesh.size
-  batch_size = max(n_dev, batch_size // n_dev * n_dev)
-  out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    pad = (-len(chunk)) % n_dev
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    g = jax.device_put(chunk, NamedSharding(mesh, P(step_lib.AXIS))) if jax.process_count() == 1 else \
-        jax.make_array_from_callback(chunk.shape, NamedSharding(mesh, P(step_lib.AXIS)), lambda i: chunk[i])
-    f = feature_fn(state.params, state.batch_stats, g)
-    f = multihost_utils.process_allgather(f, tiled=True) if jax.process_count() > 1 else np.asarray(f)
-    out.append(np.asarray(f)[:len(chunk) - pad])
-  return np.concatenate(out)
+def _gather(x):
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x)
+
+
+def extract_features(feature_fn, state, batches, mesh):
+  """Features and labels of every real (mask=True) example of `batches`, gathered on every process."""
+  feats, labels = [], []
+  for b in batches:
+    f = feature_fn(state.params, state.batch_stats, shard_batch(mesh, b['image']))
+    mask = _gather(b['mask'])
+    feats.append(_gather(f)[mask])
+    labels.append(_gather(b['label'])[mask])
+  return np.concatenate(feats), np.concatenate(labels)
 
 
 def run_evaluation(config, feature_fn, state, data, info, mesh) -> dict:
-  train_x, train_y = data.get('train_eval', data['train'])
-  test_x, test_y = data['test']
-  bs = config.eval.batch_size
-  ftrain = extract_features(feature_fn, state, train_x, bs, mesh)
-  ftest = extract_features(feature_fn, state, test_x, bs, mesh)
-  return evaluate.evaluate_features(ftrain, train_y, ftest, test_y, info['num_classes'], config.eval)
+  bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
+  ftrain, ytrain = extract_features(feature_fn, state, eval_batches(config, data, 'train', bs), mesh)
+  ftest, ytest = extract_features(feature_fn, state, eval_batches(config, data, 'test', bs), mesh)
+  return evaluate.evaluate_features(ftrain, ytrain, ftest, ytest, info['num_classes'], config.eval)
+
+
+def decided_by_process_0(flag: bool) -> bool:
+  """Every process takes process 0's decision (only process 0 reads metrics.jsonl)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).any())
 
 
 def spectra_record(state, config) -> dict:
@@ -118,9 +167,8 @@ def run(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
 
   tx = optim.make_optimizer(config)
-  train_x, train_y = data['train']
-  networks, state = state_lib.build(config, in_channels=train_x.shape[-1], num_classes=info['num_classes'],
-                                    tx=tx)
+  in_channels = data['train'][0].shape[-1] if data is not None else 3
+  networks, state = state_lib.build(config, in_channels=in_channels, num_classes=info['num_classes'], tx=tx)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
@@ -131,12 +179,10 @@ def run(config, workdir: str) -> dict:
       print(f'Resuming from step {start_step} ({ckpt.path(start_step)})', flush=True)
   log = MetricsLog(workdir, start_step, enabled=main_process)
 
-  source = sources.InMemorySource(train_x, train_y, global_batch_size=config.train.batch_size,
-                                  seed=config.seed, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+  batches = train_batches(config, data, start_step)  # (a missing ImageNet fails here, before compiling)
   train_step = step_lib.shard_map_step(step_lib.make_step(config, networks, tx, info['mean'], info['std']),
                                        mesh)
-  feature_fn = make_feature_fn(config, networks, info, mesh)
+  feature_fn = make_feature_fn(config, networks, info)
 
   def evaluate_now(step):
     result = run_evaluation(config, feature_fn, state, data, info, mesh)
@@ -145,7 +191,7 @@ def run(config, workdir: str) -> dict:
 
   previous = [r for r in read_metrics(log.path) if 'linear_probe_top1' in r] if main_process else []
   initial_eval = next((r for r in previous if r['step'] == 0), None)
-  if initial_eval is None and start_step == 0:
+  if decided_by_process_0(initial_eval is None and start_step == 0 and config.train.eval_at_start):
     initial_eval = evaluate_now(0)
 
   # Preemption: SIGTERM asks the loop to save a checkpoint and stop at the next step boundary.
@@ -158,33 +204,43 @@ def run(config, workdir: str) -> dict:
   metrics = None
   step = start_step
   try:
-    while step < steps and stop['signal'] is None:
-      batch = shard_batch(mesh, source.batch(step))
+    while step < steps:
+      batch = shard_batch(mesh, next(batches))
       state, metrics = train_step(state, batch)
       step += 1
+      if step == start_step + 1:  # throughput excludes the compilation of the first step
+        jax.block_until_ready(metrics)
+        last_log_time = time.time()
+        last_log_step = step
       log_now = step % config.train.log_every == 0 or step == steps
       save_now = step % config.train.checkpoint_every == 0 or step == steps
       if log_now or save_now:
         m = jax.device_get(metrics)
-        if not math.isfinite(float(m['loss'])):
+        if not (m.pop('finite') and math.isfinite(float(m['loss']))):
           last = ckpt.latest_step()
           where = f'step {last} in {ckpt.path(last)}' if last is not None else 'none saved yet'
           raise TrainingDiverged(
-              f'loss is {m["loss"]} at step {step}; stopped. Last good checkpoint: {where}. '
+              f'non-finite loss or parameters at step {step} (loss {float(m["loss"])}); stopped. '
+              f'Last good checkpoint: {where}. '
               f'Try a lower --config.optim.lr or a smaller --config.predictor.lr_mult.')
         now = time.time()
-        m['images_per_sec'] = (step - last_log_step) * config.train.batch_size / max(now - last_log_time, 1e-9)
+        if step > last_log_step:
+          m['images_per_sec'] = (step - last_log_step) * config.train.batch_size / max(now - last_log_time, 1e-9)
         last_log_time, last_log_step = now, step
         if config.predictor.kind in LINEAR_PREDICTORS and (step % config.train.spectra_every == 0 or
                                                            step == steps):
           m.update(spectra_record(state, config))
         log.write(step, m)
-        bar.set_postfix(loss=f'{float(m["loss"]):.4f}', img_s=f'{m["images_per_sec"]:.0f}', refresh=False)
+        bar.set_postfix(loss=f'{float(m["loss"]):.4f}', img_s=f'{m.get("images_per_sec", 0):.0f}', refresh=False)
         if save_now:
           ckpt.save(state)
         if config.train.eval_every and step % config.train.eval_every == 0 and step != steps:
           evaluate_now(step)
       bar.update(1)
+      # Several processes stop together, at a step where they all synchronise anyway.
+      if (jax.process_count() == 1 or log_now or save_now) and any_process(stop['signal'] is not None):
+        stop['signal'] = signal.SIGTERM
+        break
   finally:
     bar.close()
     signal.signal(signal.SIGTERM, previous_handler)
@@ -201,7 +257,7 @@ def run(config, workdir: str) -> dict:
   ckpt.save(state)
   records = read_metrics(log.path) if main_process else []
   final_eval = next((r for r in records if r['step'] == steps and 'linear_probe_top1' in r), None)
-  if final_eval is None:
+  if decided_by_process_0(final_eval is None):
     final_eval = evaluate_now(steps)
     records = read_metrics(log.path) if main_process else []
   ckpt.close()
@@ -209,10 +265,10 @@ def run(config, workdir: str) -> dict:
   summary = {
       'steps': steps,
       'seconds': time.time() - t_start,
-      'initial_linear_probe_top1': initial_eval['linear_probe_top1'] if initial_eval else None,
-      'final_linear_probe_top1': final_eval['linear_probe_top1'],
-      'initial_knn_top1': initial_eval['knn_top1'] if initial_eval else None,
-      'final_knn_top1': final_eval['knn_top1'],
+      'initial_linear_probe_top1': (initial_eval or {}).get('linear_probe_top1'),
+      'final_linear_probe_top1': (final_eval or {}).get('linear_probe_top1'),
+      'initial_knn_top1': (initial_eval or {}).get('knn_top1'),
+      'final_knn_top1': (final_eval or {}).get('knn_top1'),
       'final_loss': float(metrics['loss']) if metrics is not None else None,
       'workdir': os.path.abspath(workdir),
   }

@@ -1,7 +1,8 @@
 """ResNet backbones (v1, as torchvision builds them) in Flax NNX.
 
 `stem='imagenet'`: 7x7 stride-2 conv + 3x3 max-pool (ImageNet, STL-10 at 96 px).
-`stem='cifar'`: one 3x3 stride-1 conv and no max-pool (CIFAR, Fashion-MNIST).
+`stem='cifar'`: one 3x3 stride-1 conv and no max-pool (CIFAR).
+`stem='cifar_stride2'`: one 3x3 stride-2 conv, no max-pool: 4x cheaper on small images (Fashion-MNIST on CPU).
 BatchNorm takes `axis_name` so that, inside shard_map/pmap, its statistics are over the global batch.
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ ARCHITECTURES = {
     'resnet50': ('bottleneck', (3, 4, 6, 3)),
     'resnet101': ('bottleneck', (3, 4, 23, 3)),
 }
+
+
+STEMS = ('imagenet', 'cifar', 'cifar_stride2')
 
 
 def _conv(cin, cout, k, stride, dtype, rngs):
@@ -89,12 +93,12 @@ class ResNet(nnx.Module):
                axis_name: str | None = 'data', dtype: Any = jnp.float32, rngs: nnx.Rngs):
     if architecture not in ARCHITECTURES:
       raise ValueError(f'unknown backbone {architecture!r}; choose one of {sorted(ARCHITECTURES)}')
-    if stem not in ('imagenet', 'cifar'):
-      raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
+    if stem not in STEMS:
+      raise ValueError(f'unknown stem {stem!r}; choose one of {STEMS}')
     kind, stages = ARCHITECTURES[architecture]
     block = BasicBlock if kind == 'basic' else Bottleneck
     self.stem = stem
-    self.stem_conv = _conv(in_channels, width, 7 if stem == 'imagenet' else 3, 2 if stem == 'imagenet' else 1,
+    self.stem_conv = _conv(in_channels, width, 7 if stem == 'imagenet' else 3, 1 if stem == 'cifar' else 2,
                            dtype, rngs)
     self.stem_bn = _bn(width, axis_name, dtype, rngs)
     blocks = []

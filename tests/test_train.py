@@ -1,0 +1,192 @@
+"""End to end: a short run with evaluation, resume after SIGKILL / SIGTERM, NaN stop, bad input, embed."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from byol_jax import config as config_lib, train
+from byol_jax.logging_utils import read_metrics
+from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = tiny.get_config()
+  for k, v in overrides.items():
+    node = c
+    *path, leaf = k.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def cli(workdir, *args, **kwargs):
+  cmd = [sys.executable, '-m', 'byol_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}', *args]
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+  """An uninterrupted run of configs/tiny.py, in process (shares the compilation cache with the CLI)."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  summary = train.run(tiny_config(), workdir)
+  return workdir, summary
+
+
+def losses_by_step(workdir):
+  return {r['step']: r['loss'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r}
+
+
+def test_end_to_end_run_writes_metrics_checkpoints_and_plots(reference_run):
+  workdir, summary = reference_run
+  records = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  evals = [r for r in records if 'linear_probe_top1' in r]
+  assert [r['step'] for r in evals] == [0, 6]  # the random initialisation and the end
+  for r in evals:
+    assert 0.0 <= r['linear_probe_top1'] <= 1.0 and 0.0 <= r['knn_top1'] <= 1.0
+  logged = [r for r in records if 'loss' in r]
+  assert [r['step'] for r in logged] == [1, 2, 3, 4, 5, 6]
+  for r in logged:
+    assert {'loss', 'lr', 'tau', 'probe_top1'} <= set(r) and np.isfinite(r['loss'])
+  assert all('images_per_sec' in r for r in logged[1:])
+  assert summary['final_linear_probe_top1'] == evals[-1]['linear_probe_top1']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  for name in ('config.json', 'summary.json', 'loss.png', 'accuracy.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.*'))
+  assert json.load(open(os.path.join(workdir, 'config.json')))['predictor']['kind'] == 'mlp'
+
+
+def test_training_reduces_the_loss(tmp_path):
+  # Identical views (no augmentation) and an independently initialised target: the online network and
+  # its predictor learn to regress onto the (slowly moving) random target.
+  c = tiny_config(**{'train.steps': 40, 'train.log_every': 5, 'train.checkpoint_every': 40,
+                     'train.eval_at_start': False, 'optim.lr': 0.1, 'data.augment_preset': 'none',
+                     'ema.target_init': 'independent', 'predictor.kind': 'linear'})
+  train.run(c, str(tmp_path))
+  losses = losses_by_step(str(tmp_path))
+  assert np.mean([losses[35], losses[40]]) < 0.7 * np.mean([losses[5], losses[10]]), losses
+
+
+def test_directpred_run_logs_spectra(tmp_path):
+  c = tiny_config(**{'predictor.kind': 'directpred', 'train.eval_at_start': False})
+  train.run(c, str(tmp_path))
+  spectra = [r for r in read_metrics(str(tmp_path / 'metrics.jsonl')) if 'corr_eigenvalues' in r]
+  assert [r['step'] for r in spectra] == [2, 4, 6]
+  for r in spectra:
+    assert len(r['corr_eigenvalues']) == 16 and len(r['predictor_eigenvalues']) == 16
+    np.testing.assert_allclose(r['alignment'], 1.0, atol=1e-3)  # W_p is built in F's eigenbasis
+    assert max(r['predictor_eigenvalues']) == pytest.approx(1.1, abs=1e-3)  # 1 + eps
+  assert (tmp_path / 'spectra.png').exists()
+
+
+def _kill_when(proc, workdir, condition, sig, timeout=300):
+  t0 = time.time()
+  while time.time() - t0 < timeout and proc.poll() is None:
+    if condition(workdir):
+      proc.send_signal(sig)
+      break
+    time.sleep(0.005)
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+def _saving(workdir):
+  """True while orbax writes a checkpoint (its temporary folder exists) or once step 3 is logged."""
+  ckpt = os.path.join(workdir, 'checkpoints')
+  tmp = glob.glob(os.path.join(ckpt, '*tmp*'))
+  return bool(tmp) or 3 in losses_by_step(workdir)
+
+
+def test_resume_after_sigkill_and_sigterm_equals_uninterrupted_run(reference_run, tmp_path):
+  ref_dir, ref_summary = reference_run
+  workdir = str(tmp_path / 'run')
+  # 1. SIGKILL as soon as a checkpoint save starts (or just after step 3).
+  code, out = _kill_when(cli(workdir), workdir, _saving, signal.SIGKILL)
+  assert code == -signal.SIGKILL, out
+  # 2. Restart; SIGTERM (preemption) once step 5 is logged: it must save and exit cleanly.
+  code, out = _kill_when(cli(workdir), workdir, lambda w: 5 in losses_by_step(w), signal.SIGTERM)
+  assert code == 0, out
+  # 3. Restart again and finish.
+  proc = cli(workdir)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  assert 'Resuming from step' in out
+  got, ref = losses_by_step(workdir), losses_by_step(ref_dir)
+  assert sorted(got) == sorted(ref) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([got[k] for k in sorted(got)], [ref[k] for k in sorted(ref)], rtol=1e-6)
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['final_linear_probe_top1'] == pytest.approx(ref_summary['final_linear_probe_top1'], abs=1e-6)
+  assert summary['initial_linear_probe_top1'] == pytest.approx(ref_summary['initial_linear_probe_top1'], abs=1e-6)
+  assert not glob.glob(os.path.join(workdir, 'checkpoints', '*tmp*'))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path)
+  code, out = _kill_when(cli(workdir, '--config.train.eval_at_start=False'), workdir,
+                         lambda w: 2 in losses_by_step(w), signal.SIGTERM)
+  assert code == 0, out
+  if 'SIGTERM at step' in out:  # (the run may have finished before the signal arrived)
+    step = int(out.split('SIGTERM at step ')[1].split(':')[0])
+    assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  c = tiny_config(**{'optim.lr': 1e30, 'train.steps': 6, 'train.checkpoint_every': 1,
+                     'train.eval_at_start': False})
+  with pytest.raises(train.TrainingDiverged, match='Last good checkpoint') as err:
+    train.run(c, str(tmp_path))
+  saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+  bad_step = int(str(err.value).split('at step ')[1].split(' ')[0])
+  assert all(s < bad_step for s in saved)
+  if saved:
+    assert f'step {saved[-1]}' in str(err.value)
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'train.batch_size': 12}, 'not divisible by the 8 devices'),
+    ({'predictor.kind': 'quadratic'}, 'predictor.kind'),
+    ({'predictor.kind': 'directpred', 'predictor.eps': -0.1}, 'eps_inside'),
+    ({'method': 'byol', 'stop_gradient': False}, 'simsiam'),
+    ({'predictor.freq': 0}, 'predictor.freq'),
+    ({'data.augment_preset': 'imagenet-ish'}, 'augment_preset'),
+])
+def test_impossible_values_fail_before_compilation(tmp_path, overrides, match):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    train.run(tiny_config(**overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+  c = tiny_config(**{'data.name': 'fashion_mnist', 'data.path': str(tmp_path / 'nowhere')})
+  with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
+    train.run(c, str(tmp_path))
+
+
+@pytest.mark.parametrize('flag,match', [('--config.train.stepz=5', 'stepz'),
+                                        ('--config.train.steps=many', 'steps'),
+                                        ('--config.predictor.kind=quadratic', 'predictor.kind')])
+def test_cli_rejects_bad_overrides_with_one_line(tmp_path, flag, match):
+  proc = cli(str(tmp_path), flag)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert match in out
+
+
+def test_embed_exports_features_of_the_latest_checkpoint(reference_run, tmp_path):
+  workdir, _ = reference_run
+  out = str(tmp_path / 'feats.npz')
+  proc = subprocess.run([sys.executable, '-m', 'byol_jax.embed', f'--workdir={workdir}', '--split=test',
+                         f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  data = np.load(out)
+  assert data['features'].shape == (128, 32) and data['labels'].shape == (128,)
+  assert np.isfinite(data['features']).all() and data['features'].std() > 0
