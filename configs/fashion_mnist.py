@@ -12,17 +12,17 @@ from byol_jax.config import base_config
 def get_config():
   c = base_config()
   c.method = 'byol'
-  c.train.steps = 1500
-  c.train.batch_size = 256
-  c.train.checkpoint_every = 250
+  c.train.steps = 550           # 1.2 epochs: what 2 CPU cores train in ~12 minutes
+  c.train.batch_size = 128
+  c.train.checkpoint_every = 100
   c.train.log_every = 25
-  c.train.spectra_every = 100
+  c.train.spectra_every = 50
   c.data.name = 'fashion_mnist'
   c.data.image_size = 28
   c.data.augment_preset = 'fashion_mnist'
   c.model.backbone = 'resnet_tiny'
-  c.model.width = 32
-  c.model.stem = 'cifar'
+  c.model.width = 32            # 256-d features
+  c.model.stem = 'cifar_stride2'  # 14x14 after the stem: 4x cheaper than the stride-1 CIFAR stem
   c.model.projector_hidden = 512
   c.model.projector_dim = 128
   c.predictor.kind = 'mlp'
@@ -32,7 +32,8 @@ def get_config():
   c.optim.weight_decay = 4e-4
   c.ema.tau_base = 0.99
   c.ema.schedule = 'cosine'
-  c.eval.probe_epochs = 20
-  c.eval.probe_batch_size = 512
-  c.eval.probe_lr = 1e-3
+  c.eval.probe_epochs = 30
+  c.eval.probe_batch_size = 256
+  c.eval.probe_lr = 3e-3
+  c.eval.probe_weight_decay = 1e-4
   return c

@@ -63,7 +63,8 @@ def _reference(kind):
   return run_shard_map(state, fn, batches(3), 1)
 
 
-@pytest.mark.parametrize('kind', ['mlp', 'directpred'])
+# DirectPred exercises every collective: gradients, BatchNorm statistics (backbone and projector) and F.
+@pytest.mark.parametrize('kind', ['directpred'])
 @pytest.mark.parametrize('devices', [2, 8])
 def test_same_update_on_1_2_and_8_devices(kind, devices):
   ref_state, ref_losses = _reference(kind)
