@@ -104,6 +104,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys ({'optim.lr': 0.1}) like --config.optim.lr=0.1 does; unknown keys raise."""
+  for key, value in updates.items():
+    node = config
+    *path, leaf = key.split('.')
+    for part in path:
+      node = node[part]
+    if leaf not in node:
+      raise ConfigError(f'unknown config key {key!r}')
+    node[leaf] = value
+  return config
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills data.augment from data.augment_preset where the config left it empty; returns the config."""
   from byol_jax.data import augment

@@ -9,14 +9,7 @@ from byol_jax import config as config_lib, losses, schedules, spectral
 
 
 def _cfg(**kw):
-  c = config_lib.base_config()
-  for k, v in kw.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return config_lib.override(config_lib.base_config(), kw)
 
 
 def test_regression_loss_is_two_minus_two_cos_and_scale_free():

@@ -14,14 +14,7 @@ GLOBAL_BATCH = 16
 
 
 def make(**overrides):
-  c = tiny.get_config()
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  c = config_lib.finalize(c)
+  c = config_lib.finalize(config_lib.override(tiny.get_config(), overrides))
   config_lib.validate(c)
   tx = optim.make_optimizer(c)
   networks, state = state_lib.build(c, in_channels=3, num_classes=10, tx=tx)

@@ -18,14 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  c = tiny.get_config()
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return config_lib.override(tiny.get_config(), overrides)
 
 
 def cli(workdir, *args, **kwargs):
