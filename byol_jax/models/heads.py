@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from byol_jax.config import PREDICTOR_KINDS
 from byol_jax.models.resnet import ResNet
 
 # PyTorch's nn.Linear default (uniform +-1/sqrt(fan_in)), as the reference code uses.
 torch_linear_init = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
 
 
 def _torch_bias_init(fan_in):
