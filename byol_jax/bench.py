@@ -1,21 +1,37 @@
 """Throughput benchmark of the training step.
 
-  python -m byol_jax.bench --config=configs/fashion_mnist.py [--config.train.batch_size=256 ...]
-      [--steps=20] [--warmup=3] [--variants=full,no_augment,linear] [--peak_tflops=...]
+  python -m byol_jax.bench --config=configs/stl10.py [--config.train.batch_size=256 ...]
+      [--variants=no_augment,no_augment+linear,full] [--steps=50] [--repeats=3] [--measure_peak]
 
-Times the full jitted step (augmentation on device, DirectPred's F update, EMA and online probe
-included) and variants: `no_augment` feeds ready-made views (the step without augmentation, as the
-PyTorch peer measures), `linear` swaps the predictor for a plain linear one (DirectPred's overhead).
-FLOPs come from XLA's cost analysis of the compiled step; MFU = FLOP/s over the device's peak
-(`--peak_tflops`, or a table of known accelerators). Prints one JSON object per variant, and last a
-JSON object for the first variant with `images_per_sec`, `ms_per_step` and `mfu`.
+Each variant is a '+'-joined list of changes to the config's step:
+  full            the step as configured: augmentation on device, DirectPred's F and W_p, EMA, online probe
+  no_augment      ready-made views (the step without augmentation, as the PyTorch peer measures it)
+  linear | directpred | mlp          predictor kind (DirectPred's overhead: no_augment vs no_augment+linear)
+  eigh | newton_schulz               DirectPred's solver
+  bfloat16 | float32                 compute dtype
+e.g. `--variants=no_augment,no_augment+linear,no_augment+eigh,full`. Each variant is compiled once and
+timed `repeats` times over `steps` steps after `warmup` steps (the median is reported).
+
+FLOPs come from XLA's cost analysis of the lowered (not yet optimised) step; on GPUs, where only
+compiled programs are analysed and cuDNN convolutions are opaque, of the same step lowered for the CPU.
+XLA counts a convolution's multiply-adds over valid input taps only (zero padding not counted): for
+ResNet-18 at 96 px, 4.45 GFLOP per image, against 5.25 by the usual count (fvcore / torchvision: every
+tap, 2 FLOPs per multiply-add). MFU = FLOP/s over the device's peak: `--peak_tflops`, else a table of
+datasheet dense peaks; `--measure_peak` also times an 8192^3 matrix product in the compute dtype and
+reports `mfu_measured_peak` against it (a jitted call per product, so a little under the hardware's).
+Prints one JSON object per variant, and last a JSON object for the first variant with
+`images_per_sec`, `ms_per_step` and `mfu`.
 """
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import time
+import traceback
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,16 +40,37 @@ from byol_jax import config as config_lib, optim, state as state_lib, step as st
 from byol_jax.data import sources
 
 config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Config file.', lock_config=True)
-flags.DEFINE_integer('steps', 20, 'Timed steps.')
+flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
+flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-flags.DEFINE_list('variants', ['full', 'no_augment'], 'full, no_augment, linear (predictor), directpred.')
+flags.DEFINE_list('variants', ['full', 'no_augment'], "'+'-joined changes, see the module docstring.")
 flags.DEFINE_float('peak_tflops', None, 'Peak dense TFLOP/s of one device for MFU (default: known table).')
+flags.DEFINE_bool('measure_peak', False, 'Also time a large matrix product and report MFU against it.')
+flags.DEFINE_string('profile_dir', None, 'If set, also records a profiler trace of 5 steps per variant there '
+                    '(TensorBoard/XProf, and a Perfetto JSON trace).')
 FLAGS = flags.FLAGS
 
-# Dense peak TFLOP/s per device by (device kind substring, compute dtype).
+# Datasheet dense peak TFLOP/s per device by (device kind substring, compute dtype).
 PEAK_TFLOPS = {('H100', 'bfloat16'): 989.0, ('H100', 'float32'): 494.7, ('H200', 'bfloat16'): 989.0,
                ('H200', 'float32'): 494.7, ('A100', 'bfloat16'): 312.0, ('A100', 'float32'): 156.0,
                ('TPU v4', 'bfloat16'): 275.0, ('TPU v5', 'bfloat16'): 197.0}
+VARIANT_TOKENS = {
+    'full': {}, 'no_augment': {},
+    'linear': {'predictor.kind': 'linear'}, 'directpred': {'predictor.kind': 'directpred'},
+    'mlp': {'predictor.kind': 'mlp'},
+    'eigh': {'predictor.solver': 'eigh'}, 'newton_schulz': {'predictor.solver': 'newton_schulz'},
+    'bfloat16': {'train.compute_dtype': 'bfloat16'}, 'float32': {'train.compute_dtype': 'float32'},
+}
+
+
+def parse_variant(variant: str) -> tuple[dict, bool]:
+  """'no_augment+linear' -> ({'predictor.kind': 'linear'}, with_views=True)."""
+  changes, tokens = {}, variant.split('+')
+  for t in tokens:
+    if t not in VARIANT_TOKENS:
+      raise ValueError(f'unknown benchmark variant token {t!r} in {variant!r}; known: {sorted(VARIANT_TOKENS)}')
+    changes.update(VARIANT_TOKENS[t])
+  return changes, 'no_augment' in tokens
 
 
 def peak_flops(dtype: str) -> float | None:
@@ -44,6 +81,23 @@ def peak_flops(dtype: str) -> float | None:
     if name in kind and dt == dtype:
       return tflops * 1e12
   return None
+
+
+def measured_peak_flops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
+  """FLOP/s of an n^3 matrix product on random data in `dtype` (the ceiling MFU is read against)."""
+  if jax.devices()[0].platform == 'cpu':
+    n = 1024
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
+  b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
+  matmul = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(matmul(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2 * n**3 / statistics.median(times)
 
 
 def fake_batch(config, mesh, with_views: bool):
@@ -60,57 +114,107 @@ def fake_batch(config, mesh, with_views: bool):
   return jax.device_put(batch, sharding), channels
 
 
-def time_variant(config, variant: str) -> dict:
-  config = config_lib.finalize(config.copy_and_resolve_references())
-  with config.unlocked():
-    if variant == 'linear':
-      config.predictor.kind = 'linear'
-    elif variant == 'directpred':
-      config.predictor.kind = 'directpred'
+def _flops(stage) -> float:
+  try:
+    cost = stage.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)) if cost else 0.0
+
+
+def step_flops(lowered, step_fn, state, batch) -> float:
+  """FLOPs of the whole (global) step from XLA's cost analysis of the lowered program. GPU backends
+  analyse only compiled programs, where cuDNN convolutions are opaque custom calls, so there the same
+  step is lowered for one CPU device on the global batch (collectives over one device do nothing)."""
+  flops = _flops(lowered)
+  if flops > 0 or jax.devices()[0].platform == 'cpu':
+    return flops
+  cpu_mesh = jax.sharding.Mesh(jax.devices('cpu')[:1], (step_lib.AXIS,))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+  return _flops(step_lib.shard_map_step(step_fn, cpu_mesh, donate=False).lower(*abstract))
+
+
+def time_variant(config, variant: str, measured_peak: float | None = None) -> dict:
+  changes, with_views = parse_variant(variant)
+  config = config_lib.finalize(config_lib.override(config.copy_and_resolve_references(), changes))
   mesh = step_lib.make_mesh(config.train.num_devices)
   config_lib.validate(config, mesh.size)
-  batch, channels = fake_batch(config, mesh, with_views=variant == 'no_augment')
+  batch, channels = fake_batch(config, mesh, with_views=with_views)
   info = sources.dataset_info(config.data.name) if config.data.name in ('fashion_mnist', 'synthetic') else \
       dict(num_classes=10, mean=(0.5,) * channels, std=(0.25,) * channels)
   tx = optim.make_optimizer(config)
   networks, state = state_lib.build(config, in_channels=channels, num_classes=info['num_classes'], tx=tx)
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  step = step_lib.shard_map_step(step_lib.make_step(config, networks, tx, info['mean'], info['std']), mesh)
+  step_fn = step_lib.make_step(config, networks, tx, info['mean'], info['std'])
+  step = step_lib.shard_map_step(step_fn, mesh)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0)) if cost else 0.0
+  flops = step_flops(lowered, step_fn, state, batch)  # of the whole (global) step
   for _ in range(FLAGS.warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  dt = (time.perf_counter() - t0) / FLAGS.steps
-  peak = peak_flops(config.train.compute_dtype)
+  times = []
+  for _ in range(FLAGS.repeats):
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - t0) / FLAGS.steps)
+  dt = statistics.median(times)
+  if FLAGS.profile_dir:
+    os.makedirs(f'{FLAGS.profile_dir}/{variant}', exist_ok=True)
+    with jax.profiler.trace(f'{FLAGS.profile_dir}/{variant}', create_perfetto_trace=True):
+      for _ in range(5):
+        state, metrics = compiled(state, batch)
+      jax.block_until_ready(state)
   n_dev = mesh.size
-  return {
+  peak = peak_flops(config.train.compute_dtype)
+  per_device_flops = flops / n_dev / dt
+  result = {
       'variant': variant, 'device': jax.devices()[0].device_kind, 'num_devices': n_dev,
       'backbone': config.model.backbone, 'width': config.model.width, 'image_size': config.data.image_size,
       'batch_size': config.train.batch_size, 'compute_dtype': config.train.compute_dtype,
-      'predictor': config.predictor.kind, 'images_per_sec': round(config.train.batch_size / dt, 1),
-      'ms_per_step': round(1e3 * dt, 3), 'gflop_per_image': round(flops * n_dev / config.train.batch_size / 1e9, 4),
-      'mfu': round(flops / dt / peak, 4) if (peak and flops) else None, 'compile_seconds': round(compile_s, 1),
-      'loss': float(metrics['loss']),
+      'predictor': config.predictor.kind, 'solver': config.predictor.solver, 'augment': not with_views,
+      'images_per_sec': round(config.train.batch_size / dt, 1), 'ms_per_step': round(1e3 * dt, 3),
+      'ms_per_step_repeats': [round(1e3 * t, 3) for t in times],
+      'gflop_per_image': round(flops / config.train.batch_size / 1e9, 4),
+      'tflops_per_device': round(per_device_flops / 1e12, 2),
+      'mfu': round(per_device_flops / peak, 4) if (peak and flops) else None,
+      'compile_seconds': round(compile_s, 1), 'loss': float(metrics['loss']),
   }
+  if measured_peak:
+    result['mfu_measured_peak'] = round(per_device_flops / measured_peak, 4)
+  return result
 
 
 def main(argv):
   del argv
-  results = [time_variant(FLAGS.config, v) for v in FLAGS.variants]
-  for r in results:
-    print(json.dumps(r), flush=True)
-  if len(results) > 1:
-    base = results[0]['ms_per_step']
-    print(json.dumps({'relative_ms_per_step': {r['variant']: round(r['ms_per_step'] / base, 3) for r in results}}))
+  measured_peak = None
+  if FLAGS.measure_peak:
+    measured_peak = measured_peak_flops(FLAGS.config.train.compute_dtype)
+    print(json.dumps({'measured_peak_tflops': round(measured_peak / 1e12, 1), 'device': jax.devices()[0].device_kind,
+                      'dtype': FLAGS.config.train.compute_dtype}), flush=True)
+  for v in FLAGS.variants:  # fail on a misspelt variant before compiling anything
+    try:
+      parse_variant(v)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+  results = []
+  for v in FLAGS.variants:
+    try:
+      results.append(time_variant(FLAGS.config, v, measured_peak))
+      print(json.dumps(results[-1]), flush=True)
+    except Exception as e:  # pylint: disable=broad-except
+      # One failing variant (say, out of memory) should not cost the others' numbers.
+      traceback.print_exc()
+      print(json.dumps({'variant': v, 'error': f'{type(e).__name__}: {e}'[:500]}), flush=True)
+  if not results:
+    raise SystemExit('every benchmark variant failed')
+  base = results[0]['ms_per_step']
+  print(json.dumps({'relative_ms_per_step': {r['variant']: round(r['ms_per_step'] / base, 3) for r in results}}))
   print(json.dumps(results[0]), flush=True)
 
 

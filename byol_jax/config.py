@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from byol_jax import spectral
+
 METHODS = ('byol', 'simsiam')
 PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
 IN_MEMORY_DATASETS = ('fashion_mnist', 'synthetic')
@@ -163,7 +165,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(p.power > 0, f'predictor.power={p.power} must be positive')
   _check(p.eps >= 0 or p.eps_inside,
          f'predictor.eps={p.eps} < 0 only makes sense with predictor.eps_inside=True (the c_j ablation)')
-  _check(p.solver in ('eigh', 'newton_schulz'), f"predictor.solver={p.solver!r}; use 'eigh' or 'newton_schulz'")
+  _check(p.solver in spectral.SOLVERS, f'predictor.solver={p.solver!r}; use one of {spectral.SOLVERS}')
   _check(p.lr_mult >= 0, 'predictor.lr_mult (alpha_p) must be >= 0')
   _check(p.weight_decay is None or p.weight_decay >= 0, 'predictor.weight_decay must be >= 0')
   _check(0.0 <= c.ema.tau_base <= 1.0, f'ema.tau_base={c.ema.tau_base} must be in [0, 1]')

@@ -129,6 +129,9 @@ def spectral_stats(corr: jax.Array, w_p: jax.Array) -> dict[str, jax.Array]:
 #   they come out between 0 and sqrt(s_j / s_max). Their contribution to ||W_p||_F is tiny.
 # ---------------------------------------------------------------------------------------------
 
+# Newton-Schulz products in float32 at HIGHEST precision. Measured on an H100 (2026-11-27, d = 256,
+# scripts/ns_check.py): 0.22 ms per W_p (eigh: 2.0 ms); XLA's BF16_BF16_F32_X6 tensor-core products were
+# slower (0.29 ms) and BF16_BF16_F32_X3 too inaccurate (1.1e-3 error, a failed root on a rank-deficient F).
 _HI = jax.lax.Precision.HIGHEST
 
 # Squarings in `top_eigenvalue`. After k squarings the estimate is the Rayleigh quotient
@@ -292,19 +295,30 @@ NS_RESIDUAL_TOL = 1e-3
 
 
 def predictor_weights(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
-                      solver: str = 'eigh') -> jax.Array:
+                      solver: str = 'eigh', fallback: jax.Array | None = None) -> jax.Array:
   """W_p from F. solver 'eigh': `directpred_predictor` (exact reference). solver 'newton_schulz':
   the eigh-free path (`directpred_predictor_fast`) for power in {1, 2} with eps outside the root;
-  other options use eigh. For power 2 it also checks the root (one more matmul) and, if that check
-  fails (non-finite, or residual above NS_RESIDUAL_TOL: F with a clearly negative eigenvalue),
-  computes the eigh result instead via lax.cond (only one branch runs on GPU/CPU under jit).
+  other options use eigh. For power 2 it also checks the root (one more matmul); if that check
+  fails (non-finite, or residual above NS_RESIDUAL_TOL: F with a clearly negative eigenvalue) it
+  returns `fallback` when given (jnp.where, no control flow), else the eigh result via lax.cond
+  (only one branch runs). The training step passes the current W_p as `fallback`: on a GPU a
+  lax.cond makes the host wait for the predicate every step.
   `power`, `eps_inside` and `solver` must be static Python values; `eps` may be traced.
   """
+  return predictor_weights_and_ok(corr, eps, power, eps_inside, solver, fallback)[0]
+
+
+def predictor_weights_and_ok(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
+                             solver: str = 'eigh', fallback: jax.Array | None = None
+                             ) -> tuple[jax.Array, jax.Array]:
+  """`predictor_weights` and whether the Newton-Schulz root passed its check (always True for eigh)."""
   if solver not in SOLVERS:
     raise ValueError(f'unknown predictor solver {solver!r}; expected one of {SOLVERS}')
   if solver == 'eigh' or eps_inside or power not in (1, 2):
-    return directpred_predictor(corr, eps, power, eps_inside)
+    return directpred_predictor(corr, eps, power, eps_inside), jnp.array(True)
   w, ok = _fast_predictor(corr, eps, power, eps_inside, NS_ITERS, TOP_EIGENVALUE_ITERS)
+  if fallback is not None:
+    return jnp.where(ok, w, fallback.astype(w.dtype)), ok
   if power == 1:
-    return w
-  return jax.lax.cond(ok, lambda: w, lambda: directpred_predictor(corr, eps, power, eps_inside))
+    return w, ok
+  return jax.lax.cond(ok, lambda: w, lambda: directpred_predictor(corr, eps, power, eps_inside)), ok

@@ -12,6 +12,7 @@ from flax import nnx
 
 from byol_jax import spectral
 from byol_jax.models.heads import Online, Tower
+from byol_jax.models.norm import set_views
 
 
 @flax.struct.dataclass
@@ -28,7 +29,11 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-  """Static graph definitions (hashable), for nnx.merge inside pure functions."""
+  """Static graph definitions (hashable), for nnx.merge inside pure functions.
+
+  The *_train definitions take both views as one batch [view 1; view 2] (BatchNorm statistics per
+  view); the *_eval ones use the running statistics.
+  """
   online_train: Any
   online_eval: Any
   tower_train: Any
@@ -46,6 +51,8 @@ def build(config, *, in_channels: int, num_classes: int, tx: optax.GradientTrans
   online = Online(config, in_channels=in_channels, num_classes=num_classes, dtype=_dtype(config),
                   rngs=nnx.Rngs(k_online))
   target = Tower(config, in_channels=in_channels, dtype=_dtype(config), rngs=nnx.Rngs(k_target))
+  set_views(online, 2)
+  set_views(target, 2)
   online_train, params, stats = nnx.split(online, nnx.Param, nnx.BatchStat)
   tower_train, target_params, target_stats = nnx.split(target, nnx.Param, nnx.BatchStat)
   online.eval()

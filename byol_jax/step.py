@@ -33,14 +33,19 @@ def normalize(images, mean, std):
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def predictor_from_corr(corr, config):
-  """W_p from F: DirectPred (eigenvalue transform) or DirectCopy (F / lambda_max + eps I)."""
+def predictor_from_corr(corr, config, current):
+  """(W_p from F, root ok): DirectPred (eigenvalue transform) or DirectCopy (F / lambda_max + eps I).
+
+  With the Newton-Schulz solver a failed root (F with a clearly negative eigenvalue from round-off)
+  keeps `current` for this step instead of falling back to eigh under lax.cond, which would make the
+  GPU wait for the host every step; metrics['predictor_root_ok'] reports it.
+  """
   p = config.predictor
   if p.kind == 'directcopy':
     if p.solver == 'eigh':
-      return spectral.directcopy_predictor(corr, p.eps)
-    return spectral.predictor_weights(corr, p.eps, 1.0, False, solver=p.solver)
-  return spectral.predictor_weights(corr, p.eps, p.power, p.eps_inside, solver=p.solver)
+      return spectral.directcopy_predictor(corr, p.eps), jnp.array(True)
+    return spectral.predictor_weights_and_ok(corr, p.eps, 1.0, False, solver=p.solver, fallback=current)
+  return spectral.predictor_weights_and_ok(corr, p.eps, p.power, p.eps_inside, solver=p.solver, fallback=current)
 
 
 def train_step(state: TrainState, batch, *, config, networks: Networks, tx: optax.GradientTransformation,
@@ -63,25 +68,27 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
                                config.data.image_size)
     v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
   labels = batch['label']
+  n = v1.shape[0]
+  # Both views in one pass ([view 1; view 2], 2n examples): BatchNorm keeps per-view statistics
+  # (models/norm.py), so this is the reference's two separate passes, with half the kernel launches.
+  compute_dtype = jnp.bfloat16 if config.train.compute_dtype == 'bfloat16' else jnp.float32
+  views = jnp.concatenate([v1.astype(compute_dtype), v2.astype(compute_dtype)], axis=0)  # the stem casts anyway
 
-  def online_forward(params, stats, x):
+  def online_forward(params, stats):
     def fn(m):
-      features, z = m.tower(x)
+      features, z = m.tower(views)
       return features, z, m.predictor(z)
     (features, z, p), stats = _apply(networks.online_train, params, stats, fn)
     return features, z, p, stats
 
   def loss_fn(params):
-    stats = state.batch_stats
-    # The two views go through the network separately, as in the reference code: BatchNorm statistics
-    # are per view (over the global batch of that view).
-    f1, z1, p1, stats = online_forward(params, stats, v1)
-    _, z2, p2, stats = online_forward(params, stats, v2)
+    features, z, p, stats = online_forward(params, state.batch_stats)
+    z1, z2, p1, p2 = z[:n], z[n:], p[:n], p[n:]
     if config.method == 'byol':
-      tstats = state.target_batch_stats
-      (_, t1), tstats = _apply(networks.tower_train, state.target_params, tstats, lambda m: m(v1))
-      (_, t2), tstats = _apply(networks.tower_train, state.target_params, tstats, lambda m: m(v2))
-      t1, t2 = jax.lax.stop_gradient((t1, t2))  # the EMA target never receives gradients
+      (_, t), tstats = _apply(networks.tower_train, state.target_params, state.target_batch_stats,
+                              lambda m: m(views))
+      t = jax.lax.stop_gradient(t)  # the EMA target never receives gradients
+      t1, t2 = t[:n], t[n:]
     else:  # SimSiam: the target is the online projection itself
       tstats = state.target_batch_stats
       t1, t2 = z1, z2
@@ -89,14 +96,15 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
         t1, t2 = jax.lax.stop_gradient((t1, t2))
     ssl_loss = jnp.mean(losses.symmetric_loss(p1, p2, t1, t2, config.method, config.loss.symmetric))
     # Online probe on stop-gradient features of view 1 (unlabelled examples have label < 0).
-    logits = nnx.merge(networks.online_train, params, state.batch_stats).probe(jax.lax.stop_gradient(f1))
+    logits = nnx.merge(networks.online_train, params, state.batch_stats).probe(
+        jax.lax.stop_gradient(features[:n]))
     probe_sum, correct, count = evaluate.online_probe_sums(logits, labels)
     sums = jax.lax.psum(jnp.stack([probe_sum, correct, count]), axis_name)
     # Normalise by the global count of labelled examples, divided back to a per-device share so that the
     # cross-device mean of gradients (pmean below) gives the gradient of the global mean.
     n_devices = jax.lax.psum(1, axis_name)
     probe_loss = probe_sum * n_devices / jnp.maximum(sums[2], 1.0)
-    aux = dict(stats=stats, target_stats=tstats, z=(z1, z2), ssl_loss=ssl_loss,
+    aux = dict(stats=stats, target_stats=tstats, z=z, ssl_loss=ssl_loss,
                probe_loss=sums[0] / jnp.maximum(sums[2], 1.0), probe_top1=sums[1] / jnp.maximum(sums[2], 1.0))
     return ssl_loss + probe_loss, aux
 
@@ -106,7 +114,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
   corr, corr_count = state.corr, state.corr_count
   if tracks_corr:
     # F from the online projector outputs (the predictor inputs) of both views, global batch, no grad.
-    z = jax.lax.stop_gradient(jnp.concatenate(aux['z'], axis=0))
+    z = jax.lax.stop_gradient(aux['z'])
     batch_corr = spectral.batch_correlation(z, axis_name, centre=config.predictor.centre)
     rho = None if config.predictor.cumulative_mean else config.predictor.rho
     corr = spectral.update_correlation(corr, batch_corr, corr_count, rho)
@@ -119,10 +127,16 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
     params['predictor']['kernel'] = spectral.symmetrize(params['predictor']['kernel'])
   elif sets_predictor:
     # Overwrite W_p from F every `freq` steps (that step's SGD update is discarded, momentum is kept).
-    params['predictor']['kernel'] = jax.lax.cond(
-        step % config.predictor.freq == 0,
-        lambda: predictor_from_corr(corr, config).astype(params['predictor']['kernel'].dtype),
-        lambda: params['predictor']['kernel'])
+    current = params['predictor']['kernel']
+
+    def reset():
+      w, ok = predictor_from_corr(corr, config, current)
+      return w.astype(current.dtype), ok
+    if config.predictor.freq == 1:  # no lax.cond: on GPUs a conditional waits for its predicate on the host
+      params['predictor']['kernel'], root_ok = reset()
+    else:  # here the cond pays: W_p is computed only every freq steps
+      params['predictor']['kernel'], root_ok = jax.lax.cond(step % config.predictor.freq == 0, reset,
+                                                            lambda: (current, jnp.array(True)))
 
   tau = schedules.tau(step, config)
   if config.method == 'byol':
@@ -131,6 +145,8 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
     target_params = state.target_params
   metrics = dict(loss=aux['ssl_loss'], probe_loss=aux['probe_loss'], probe_top1=aux['probe_top1'],
                  tau=tau, lr=schedules.learning_rate(config)(step))
+  if sets_predictor:
+    metrics['predictor_root_ok'] = root_ok.astype(jnp.float32)
   metrics['loss'] = jax.lax.pmean(metrics['loss'], axis_name)
   # 1 while the loss and the updated parameters are finite: the loop never checkpoints a state without it.
   metrics['finite'] = jnp.isfinite(metrics['loss']) & jnp.all(

@@ -115,6 +115,16 @@ def test_falls_back_to_eigh_on_negative_eigenvalue():
       _rel(spectral.directpred_predictor_fast(f, 0.01), _ref(f, 0.01)) > 1.0
   w = _dispatch(f, 0.01, power=2.0, solver='newton_schulz')
   np.testing.assert_allclose(np.asarray(w), np.asarray(_ref(f, 0.01)), atol=1e-6)
+  # The training step's form: no lax.cond, the given fallback (the current W_p) and ok = False.
+  current = jnp.asarray(np.random.default_rng(1).standard_normal((d, d)), jnp.float32)
+  w, ok = jax.jit(lambda c, w0: spectral.predictor_weights_and_ok(c, 0.01, solver='newton_schulz', fallback=w0))(
+      f, current)
+  assert not bool(ok)
+  np.testing.assert_array_equal(np.asarray(w), np.asarray(current))
+  # and a healthy F passes the check and ignores the fallback.
+  g = jnp.asarray(_corr(d, 'loguniform', 256))
+  w, ok = spectral.predictor_weights_and_ok(g, 0.01, solver='newton_schulz', fallback=current)
+  assert bool(ok) and _rel(w, _ref(g, 0.01)) < TOL
 
 
 def test_jit_with_traced_eps():

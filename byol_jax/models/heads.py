@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from byol_jax.config import PREDICTOR_KINDS
+from byol_jax.models.norm import ViewBatchNorm
 from byol_jax.models.resnet import ResNet
 
 # PyTorch's nn.Linear default (uniform +-1/sqrt(fan_in)), as the reference code uses.
@@ -30,7 +31,7 @@ class MLP(nnx.Module):
   def __init__(self, cin, hidden, cout, *, bn_affine=True, last_bias=True, axis_name='data',
                dtype=jnp.float32, rngs):
     self.fc1 = linear(cin, hidden, dtype=dtype, rngs=rngs)
-    self.bn = nnx.BatchNorm(hidden, momentum=0.9, epsilon=1e-5, use_bias=bn_affine, use_scale=bn_affine,
+    self.bn = ViewBatchNorm(hidden, momentum=0.9, epsilon=1e-5, use_bias=bn_affine, use_scale=bn_affine,
                             axis_name=axis_name, dtype=dtype, rngs=rngs)
     self.fc2 = linear(hidden, cout, use_bias=last_bias, dtype=dtype, rngs=rngs)
 

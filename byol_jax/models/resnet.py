@@ -3,7 +3,8 @@
 `stem='imagenet'`: 7x7 stride-2 conv + 3x3 max-pool (ImageNet, STL-10 at 96 px).
 `stem='cifar'`: one 3x3 stride-1 conv and no max-pool (CIFAR).
 `stem='cifar_stride2'`: one 3x3 stride-2 conv, no max-pool: 4x cheaper on small images (Fashion-MNIST on CPU).
-BatchNorm takes `axis_name` so that, inside shard_map/pmap, its statistics are over the global batch.
+BatchNorm takes `axis_name` so that, inside shard_map/pmap, its statistics are over the global batch, and
+keeps per-view statistics when the views share one pass (models/norm.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
+
+from byol_jax.models.norm import ViewBatchNorm
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).
 conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -35,7 +38,7 @@ def _conv(cin, cout, k, stride, dtype, rngs):
 
 
 def _bn(c, axis_name, dtype, rngs, zero_scale=False):
-  return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype,
+  return ViewBatchNorm(c, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype,
                        scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
                        rngs=rngs)
 

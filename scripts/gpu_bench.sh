@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# GPU benchmark of the "Scale" issue, in one call on one GPU: byol_jax's step beside the PyTorch peer.
+# Needs: .peer/torch_byol_step.py (a copy of ../shared/peers/torch_byol_step.py) and, where
+# ml_collections is missing, its wheel in .whl/. Writes JSON lines under ${OUT:-bench_out}/.
+#   bash scripts/gpu_bench.sh
+#   PARTS="r18 torch_compile" VARIANTS=no_augment,full bash scripts/gpu_bench.sh     (a subset)
+# EXTRA="--config.model.backbone=resnet_tiny ..." is appended to the byol_jax commands (a CPU dry run).
+set -u
+OUT=${OUT:-bench_out}; mkdir -p "$OUT"
+PARTS=${PARTS:-r18 torch_compile torch_eager r50}
+VARIANTS=${VARIANTS:-no_augment,no_augment+linear,full,no_augment+eigh}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! python3 -c 'import ml_collections' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
+python3 -c 'import jax, flax, optax, torch; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "torch", torch.__version__, jax.devices())' | tee -a "$OUT/gpu.txt"
+
+# ResNet-18 at 96 px, batch 256, bf16, the peer's heads (projector 512-4096-256, 256x256 predictor).
+R18="--config=configs/stl10.py --config.train.batch_size=256 --config.data.image_size=96
+  --config.train.compute_dtype=bfloat16 --config.model.projector_hidden=4096 --config.model.projector_dim=256
+  --config.model.projector_bn_affine=True --config.predictor.solver=newton_schulz"
+for part in $PARTS; do
+  case $part in
+  r18) echo "== byol_jax ResNet-18"
+    timeout 300 python3 -m byol_jax.bench $R18 --steps=50 --repeats=5 --measure_peak --variants=$VARIANTS \
+      ${EXTRA:-} 2>"$OUT/jax_r18.err" | tee "$OUT/jax_r18.jsonl"
+    tail -3 "$OUT/jax_r18.err" ;;
+  torch_compile) echo "== torch peer, torch.compile"
+    timeout 150 python3 .peer/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --compile --steps 100 \
+      2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl"
+    tail -3 "$OUT/torch.err" ;;
+  torch_eager) echo "== torch peer, eager"
+    timeout 50 python3 .peer/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --steps 50 \
+      2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl" ;;
+  r50) echo "== byol_jax ResNet-50, 224 px, batch 128 (ImageNet config, for docs/scaling.md)"
+    timeout 150 python3 -m byol_jax.bench --config=configs/imagenet.py --config.train.batch_size=128 \
+      --config.train.num_devices=1 --steps=20 --repeats=3 --variants=no_augment,no_augment+directpred+newton_schulz \
+      ${EXTRA:-} 2>"$OUT/jax_r50.err" | tee "$OUT/jax_r50.jsonl"
+    tail -3 "$OUT/jax_r50.err" ;;
+  esac
+done
+echo "== done"

@@ -1,0 +1,46 @@
+"""The benchmark runs on CPU and prints, last, one JSON object with images/s, ms/step and MFU."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from byol_jax import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_variant_tokens():
+  assert bench.parse_variant('no_augment+linear') == ({'predictor.kind': 'linear'}, True)
+  assert bench.parse_variant('full+directpred+newton_schulz') == (
+      {'predictor.kind': 'directpred', 'predictor.solver': 'newton_schulz'}, False)
+  with pytest.raises(ValueError, match='unknown benchmark variant token'):
+    bench.parse_variant('no_augment+linaer')
+
+
+def _bench(*args):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  return subprocess.run([sys.executable, '-m', 'byol_jax.bench', '--config=configs/tiny.py', '--steps=2',
+                         '--repeats=1', '--warmup=1', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_bench_prints_throughput_and_mfu_last():
+  proc = _bench('--variants=full,no_augment+directpred+newton_schulz', '--peak_tflops=1')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(l) for l in proc.stdout.strip().splitlines()]
+  first, second, relative, last = lines
+  assert last == first and first['variant'] == 'full' and first['augment'] is True
+  assert second['predictor'] == 'directpred' and second['solver'] == 'newton_schulz' and second['augment'] is False
+  assert first['num_devices'] == 2  # the mesh spans every device
+  for r in (first, second):
+    assert r['images_per_sec'] > 0 and r['ms_per_step'] > 0 and r['gflop_per_image'] > 0
+    assert 0 < r['mfu'] < 1  # against the given 1 TFLOP/s peak
+  assert relative['relative_ms_per_step']['full'] == 1.0
+
+
+def test_bench_rejects_an_unknown_variant_before_compiling():
+  proc = _bench('--variants=full,fast')
+  assert proc.returncode != 0
+  assert "unknown benchmark variant token 'fast'" in proc.stderr
