@@ -4,6 +4,7 @@
 # ml_collections is missing, its wheel in .whl/. Writes JSON lines under ${OUT:-bench_out}/.
 #   bash scripts/gpu_bench.sh
 #   PARTS="r18 torch_compile" VARIANTS=no_augment,full bash scripts/gpu_bench.sh     (a subset)
+#   PARTS=profile VARIANTS=no_augment+linear,full bash scripts/gpu_bench.sh   (traces + scripts/trace_summary.py)
 # EXTRA="--config.model.backbone=resnet_tiny ..." is appended to the byol_jax commands (a CPU dry run).
 set -u
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
@@ -34,6 +35,13 @@ for part in $PARTS; do
   torch_eager) echo "== torch peer, eager"
     timeout 50 python3 .peer/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --steps 50 \
       2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl" ;;
+  profile) echo "== byol_jax ResNet-18, profiler traces of 5 steps per variant"
+    timeout 300 python3 -m byol_jax.bench $R18 --steps=20 --repeats=1 --variants=$VARIANTS --profile_dir=/tmp/byol_prof \
+      ${EXTRA:-} 2>"$OUT/profile.err" | tee "$OUT/profile.jsonl"
+    for v in ${VARIANTS//,/ }; do
+      f=$(find "/tmp/byol_prof/$v" -name 'perfetto_trace.json.gz' | head -1)
+      [ -n "$f" ] && cp "$f" "$OUT/trace_${v//+/_}.json.gz" && python3 scripts/trace_summary.py "$f" --top=10
+    done ;;
   r50) echo "== byol_jax ResNet-50, 224 px, batch 128 (ImageNet config, for docs/scaling.md)"
     timeout 150 python3 -m byol_jax.bench --config=configs/imagenet.py --config.train.batch_size=128 \
       --config.train.num_devices=1 --steps=20 --repeats=3 --variants=no_augment,no_augment+directpred+newton_schulz \

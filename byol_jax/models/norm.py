@@ -7,7 +7,7 @@ BatchNorm would then mix the statistics of both views. `ViewBatchNorm` with `vie
 leading axis into V equal groups, normalises each group with its own statistics (over the global
 batch: pmean over `axis_name`) and updates the running averages group after group, exactly as V
 separate calls would. So one pass over the concatenated views is the same function as the
-reference's separate passes (tests/test_step.py checks it).
+reference's separate passes (tests/test_views.py checks it).
 
 `views` is a static attribute (part of the graph definition): `set_views(module, 2)` sets it on
 every ViewBatchNorm inside `module` before `nnx.split`.
