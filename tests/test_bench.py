@@ -4,19 +4,26 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from byol_jax import bench
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_variant_tokens():
-  assert bench.parse_variant('no_augment+linear') == ({'predictor.kind': 'linear'}, True)
-  assert bench.parse_variant('full+directpred+newton_schulz') == (
-      {'predictor.kind': 'directpred', 'predictor.solver': 'newton_schulz'}, False)
-  with pytest.raises(ValueError, match='unknown benchmark variant token'):
-    bench.parse_variant('no_augment+linaer')
+  # In a subprocess: importing byol_jax.bench defines absl's global --config flag, which theory.main
+  # (imported by other tests in this process) defines too.
+  code = """
+from byol_jax import bench
+assert bench.parse_variant('no_augment+linear') == ({'predictor.kind': 'linear'}, True)
+assert bench.parse_variant('full+directpred+newton_schulz') == (
+    {'predictor.kind': 'directpred', 'predictor.solver': 'newton_schulz'}, False)
+try:
+  bench.parse_variant('no_augment+linaer')
+except ValueError as e:
+  assert 'unknown benchmark variant token' in str(e)
+else:
+  raise AssertionError('no error for a misspelt token')
+"""
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _bench(*args):
