@@ -6,6 +6,9 @@ same keys and `--config.a.b=v` overrides are checked by ml_collections against t
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -104,6 +107,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1000      # feature extraction batch
   c.eval.num_train = 0          # examples of the train split used by the probes; 0: all
   return c
+
+
+def load_config_module(config_file: str, sibling: str):
+  """The module of config file `sibling` beside `config_file` (config files are loaded by path, not as a
+  package), so that one config can build on another's recipe."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), sibling)
+  spec = importlib.util.spec_from_file_location(f'byol_jax_configs_{os.path.splitext(sibling)[0]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections.ConfigDict:

@@ -24,25 +24,13 @@ Fig. 6 (no numbers in the text): no EMA with a symmetric predictor and alpha_p >
   linear_sym,no_ema,alphap2. The STL-10 ablation switches (Tbl 3, 5, 6, 7) apply here unchanged; the
   paper reports those tables on STL-10 only.
 """
-import importlib.util
-import os
-
-from byol_jax.config import base_config
+from byol_jax.config import base_config, load_config_module
 
 NUM_TRAIN = 50_000
 
 
-def _stl10():
-  """configs/stl10.py, loaded by path (config files are not a package): shares the recipe and switches."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'stl10.py')
-  spec = importlib.util.spec_from_file_location('byol_jax_configs_stl10', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  stl10 = _stl10()
+  stl10 = load_config_module(__file__, 'stl10.py')
   c = stl10.paper_recipe(base_config())
   c.data.name = 'cifar10'
   c.data.image_size = 32

@@ -15,26 +15,15 @@ Setup:    as configs/imagenet.py (ResNet-50, 224 px, projector 2048-4096-256, BY
 PREDICTOR (paper Tbl 9, top-1 / top-5 at 60 epochs):
   mlp (default) 64.7 / 85.8    linear 59.4 / 82.3    directpred 64.4 / 85.8
 """
-import importlib.util
-import os
-
-from byol_jax.config import base_config
+from byol_jax.config import base_config, load_config_module
 
 NUM_TRAIN = 1_281_167
 EPOCHS = 60
 BATCH = 256
 
 
-def _imagenet():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imagenet.py')
-  spec = importlib.util.spec_from_file_location('byol_jax_configs_imagenet', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  imagenet = _imagenet()
+  imagenet = load_config_module(__file__, 'imagenet.py')
   c = imagenet.imagenet_model(base_config())
   c.method = 'byol'
   c.train.batch_size = BATCH

@@ -114,6 +114,17 @@ def _builder(name: str, data_dir: str | None):
   return tfds.builder(name, data_dir=data_dir or None)
 
 
+def _prepared_split(name: str, data_dir: str | None, split: str):
+  """(builder, the split's global index offset of each tfrecord shard, its example count); our one-line
+  error when the split is not prepared."""
+  builder = _builder(name, data_dir)
+  if not builder.is_prepared() or split not in builder.info.splits:
+    raise FileNotFoundError(missing_dataset_message(name, data_dir))
+  info = builder.info.splits[split]
+  shard_offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
+  return builder, shard_offsets, int(info.num_examples)
+
+
 def _as_dataset(builder, name: str, data_dir: str | None, **kwargs):
   """builder.as_dataset, with the missing-data assertion of tfds turned into our one-line error."""
   try:
@@ -338,12 +349,7 @@ class ImageNetPipeline:
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} not in [0, {process_count})')
     self.name, self.split, self.data_dir = name, split, data_dir
-    self.builder = _builder(name, data_dir)
-    if not self.builder.is_prepared() or split not in self.builder.info.splits:
-      raise FileNotFoundError(missing_dataset_message(name, data_dir))
-    info = self.builder.info.splits[split]
-    self.num_examples = int(info.num_examples)
-    self.shard_offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
+    self.builder, self.shard_offsets, self.num_examples = _prepared_split(name, data_dir, split)
     self.global_batch_size = int(global_batch_size)
     self.local_batch_size = self.global_batch_size // process_count
     self.image_size = int(image_size)
@@ -431,12 +437,8 @@ class ImageNetEvalPipeline:
     if batch_size % process_count:
       raise ValueError(f'batch {batch_size} not divisible by {process_count} processes')
     self.name, self.split, self.data_dir = name, split, data_dir
-    self.builder = _builder(name, data_dir)
-    if not self.builder.is_prepared() or split not in self.builder.info.splits:
-      raise FileNotFoundError(missing_dataset_message(name, data_dir))
-    info = self.builder.info.splits[split]
-    self.num_examples = int(info.num_examples) if not max_examples else min(int(max_examples), int(info.num_examples))
-    self.shard_offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
+    self.builder, self.shard_offsets, num_examples = _prepared_split(name, data_dir, split)
+    self.num_examples = min(int(max_examples), num_examples) if max_examples else num_examples
     self.local_batch_size = batch_size // process_count
     self.start, self.end = process_range(self.num_examples, process_index, process_count)
     largest = -(-self.num_examples // process_count)
