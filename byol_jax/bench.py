@@ -12,6 +12,10 @@ Each variant is a '+'-joined list of changes to the config's step:
 e.g. `--variants=no_augment,no_augment+linear,no_augment+eigh,full`. Each variant is compiled once and
 timed `repeats` times over `steps` steps after `warmup` steps (the median is reported).
 
+`--augment_ops` also times the on-device augmentation alone (two views of the batch, normalised, cast and
+concatenated as the step feeds them to the network), then without each of its ops in turn (crop = the full
+image resized, jitter, grayscale, blur, solarize, flip: probability 0); an op's cost is the difference.
+
 FLOPs come from XLA's cost analysis of the lowered (not yet optimised) step; on GPUs, where only
 compiled programs are analysed and cuDNN convolutions are opaque, of the same step lowered for the CPU.
 XLA counts a convolution's multiply-adds over valid input taps only (zero padding not counted): for
@@ -32,12 +36,13 @@ import traceback
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from byol_jax import config as config_lib, optim, state as state_lib, step as step_lib
-from byol_jax.data import sources
+from byol_jax.data import augment, sources
 
 config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Config file.', lock_config=True)
 flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
@@ -48,6 +53,7 @@ flags.DEFINE_float('peak_tflops', None, 'Peak dense TFLOP/s of one device for MF
 flags.DEFINE_bool('measure_peak', False, 'Also time a large matrix product and report MFU against it.')
 flags.DEFINE_string('profile_dir', None, 'If set, also records a profiler trace of 5 steps per variant there '
                     '(TensorBoard/XProf, and a Perfetto JSON trace).')
+flags.DEFINE_bool('augment_ops', False, 'Also time the augmentation alone and without each of its ops.')
 FLAGS = flags.FLAGS
 
 # Datasheet dense peak TFLOP/s per device by (device kind substring, compute dtype).
@@ -190,6 +196,62 @@ def time_variant(config, variant: str, measured_peak: float | None = None) -> di
   return result
 
 
+# Each op of the augmentation, and the change that turns it off (augment.PRESETS fields).
+AUGMENT_OPS = {'crop': {'random_crop': False}, 'flip': {'flip_prob': 0.0}, 'jitter': {'jitter_prob': 0.0},
+               'grayscale': {'grayscale_prob': 0.0}, 'blur': {'blur_prob': 0.0}, 'solarize': {'solarize_prob': 0.0}}
+
+
+def _augment_op_enabled(cfg, op: str) -> bool:
+  if op == 'crop':
+    return bool(cfg.get('random_crop', True))
+  value = cfg[f'{op}_prob']
+  return any(float(v) > 0 for v in (value if isinstance(value, (tuple, list)) else (value,)))
+
+
+def _timed_repeats(fn, *args) -> list[float]:
+  for _ in range(FLAGS.warmup):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(FLAGS.repeats):
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / FLAGS.steps)
+  return times
+
+
+def time_augmentation(config) -> list[dict]:
+  """ms per batch of the device augmentation as the step runs it, and without each op in turn."""
+  config = config_lib.finalize(config.copy_and_resolve_references())
+  mesh = step_lib.make_mesh(config.train.num_devices)
+  batch, channels = fake_batch(config, mesh, with_views=False)
+  mean, std = (0.5,) * channels, (0.25,) * channels
+  dtype = jnp.bfloat16 if config.train.compute_dtype == 'bfloat16' else jnp.float32
+  base = config.data.augment
+  results = []
+  for name in ['all'] + [f'-{op}' for op in AUGMENT_OPS if _augment_op_enabled(base, op)]:
+    cfg = ml_collections.ConfigDict({**base.to_dict(), **AUGMENT_OPS.get(name[1:], {})})
+
+    @jax.jit
+    def views(images, indices, step, cfg=cfg):
+      v1, v2 = augment.two_views(images, indices, step, config.seed, cfg, config.data.image_size)
+      v1, v2 = step_lib.normalize(v1, mean, std), step_lib.normalize(v2, mean, std)
+      return jnp.concatenate([v1.astype(dtype), v2.astype(dtype)], axis=0)
+
+    times = _timed_repeats(views, batch['image'], batch['index'], jnp.int32(1))
+    dt = statistics.median(times)
+    results.append({'augment': name, 'preset': config.data.augment_preset, 'device': jax.devices()[0].device_kind,
+                    'num_devices': mesh.size, 'image_size': config.data.image_size,
+                    'batch_size': config.train.batch_size, 'ms_per_batch': round(1e3 * dt, 3),
+                    'ms_per_batch_repeats': [round(1e3 * t, 3) for t in times]})
+  total = results[0]['ms_per_batch']
+  for r in results[1:]:
+    r['op_ms'] = round(total - r['ms_per_batch'], 3)  # what the op costs inside the whole augmentation
+  return results
+
+
 def main(argv):
   del argv
   measured_peak = None
@@ -213,6 +275,9 @@ def main(argv):
       print(json.dumps({'variant': v, 'error': f'{type(e).__name__}: {e}'[:500]}), flush=True)
   if not results:
     raise SystemExit('every benchmark variant failed')
+  if FLAGS.augment_ops:
+    for r in time_augmentation(FLAGS.config):
+      print(json.dumps(r), flush=True)
   base = results[0]['ms_per_step']
   print(json.dumps({'relative_ms_per_step': {r['variant']: round(r['ms_per_step'] / base, 3) for r in results}}))
   print(json.dumps(results[0]), flush=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark of the "Scale" issue, in one call on one GPU: byol_jax's step beside the PyTorch peer.
+# GPU benchmark of the "Scale" issue, in one call on one GPU: byol_jax's step beside the PyTorch peer
+# (r18 also times the augmentation alone and without each of its ops: `bench --augment_ops`).
 # Needs: .peer/torch_byol_step.py (a copy of ../shared/peers/torch_byol_step.py) and, where
 # ml_collections is missing, its wheel in .whl/. Writes JSON lines under ${OUT:-bench_out}/.
 #   bash scripts/gpu_bench.sh
@@ -25,8 +26,8 @@ R18="--config=configs/stl10.py --config.train.batch_size=256 --config.data.image
 for part in $PARTS; do
   case $part in
   r18) echo "== byol_jax ResNet-18"
-    timeout 300 python3 -m byol_jax.bench $R18 --steps=50 --repeats=5 --measure_peak --variants=$VARIANTS \
-      ${EXTRA:-} 2>"$OUT/jax_r18.err" | tee "$OUT/jax_r18.jsonl"
+    timeout 400 python3 -m byol_jax.bench $R18 --steps=50 --repeats=5 --measure_peak --variants=$VARIANTS \
+      --augment_ops ${EXTRA:-} 2>"$OUT/jax_r18.err" | tee "$OUT/jax_r18.jsonl"
     tail -3 "$OUT/jax_r18.err" ;;
   torch_compile) echo "== torch peer, torch.compile"
     timeout 150 python3 .peer/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --compile --steps 100 \

@@ -51,3 +51,17 @@ def test_bench_rejects_an_unknown_variant_before_compiling():
   proc = _bench('--variants=full,fast')
   assert proc.returncode != 0
   assert "unknown benchmark variant token 'fast'" in proc.stderr
+
+
+def test_augment_ops_breakdown():
+  proc = _bench('--variants=no_augment', '--augment_ops')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(l) for l in proc.stdout.strip().splitlines()]
+  assert 'images_per_sec' in lines[-1]  # the step's summary stays last
+  breakdown = {l['augment']: l for l in lines if 'augment' in l and isinstance(l['augment'], str)}
+  # configs/tiny.py uses the 'cifar10' preset: crop, flip, jitter and grayscale are on; blur, solarize off.
+  assert set(breakdown) == {'all', '-crop', '-flip', '-jitter', '-grayscale'}
+  assert all(l['ms_per_batch'] > 0 for l in breakdown.values())
+  for name, l in breakdown.items():
+    if name != 'all':
+      assert l['op_ms'] == round(breakdown['all']['ms_per_batch'] - l['ms_per_batch'], 3)

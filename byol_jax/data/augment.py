@@ -11,9 +11,12 @@ runs on device (BYOL crops on the host with tf.data) and the blur pads by reflec
 zeros, which darkens the border; torchvision's GaussianBlur, used by the STL/CIFAR recipe, reflects).
 
 Internally one view is processed in planar [C, H, W] layout (XLA:CPU handles a channels-last minor
-axis of size 3 slowly) and transposed back at the end. On a 2-core CPU, `jax.jit(two_views)` on
-256 images takes about 7 ms (28x28x1, 'fashion_mnist') and 40 ms (32x32x3, 'cifar10') per batch,
-plus 4-7 s of one-off compile time (mostly the threefry hashes).
+axis of size 3 slowly), the colour jitter as a list of channel planes, and transposed back at the
+end. What it costs is memory traffic: on an H100, per XLA's compiled program
+(scripts/gpu_aot_estimate.py), the 'stl10' preset at 96 px moves 1.2 GB per batch of 256 (two views),
+>= 0.37 ms. On a 2-core CPU, two views of 256 images (normalised, bf16) take about 7 ms (28x28x1,
+'fashion_mnist') and 34 ms (32x32x3, 'cifar10'), plus 4-7 s of one-off compile time (mostly the
+threefry hashes). `python -m byol_jax.bench --augment_ops` times it, and each op's share, on any device.
 
 `two_views` derives each example's key from (seed, step, global example index, view) only, so the
 views of an example do not depend on the batch position or the device it lands on.
@@ -206,9 +209,8 @@ def _full_image(image_u8: jax.Array, out_size: int) -> jax.Array:
 # ----------------------------------------------------------------------------- colour
 
 
-def _rgb_to_hsv(rgb: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Planar [3, ...] RGB -> (h, s, v), as TF / BYOL."""
-  r, g, b = rgb[0], rgb[1], rgb[2]
+def _rgb_to_hsv(r, g, b) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """RGB planes -> (h, s, v) planes, as TF / BYOL."""
   value = jnp.maximum(jnp.maximum(r, g), b)
   minimum = jnp.minimum(jnp.minimum(r, g), b)
   rng = value - minimum
@@ -223,81 +225,77 @@ def _rgb_to_hsv(rgb: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return hue, sat, value
 
 
-def _hsv_to_rgb(hue: jax.Array, sat: jax.Array, value: jax.Array) -> jax.Array:
-  c = sat * value
-  m = value - c
-  dh = (hue % 1.0) * 6.0
-  x = c * (1.0 - jnp.abs(dh % 2.0 - 1.0))
-  k = jnp.floor(dh)
-  r = jnp.where((k == 0) | (k == 5), c, jnp.where((k == 1) | (k == 4), x, 0.0)) + m
-  g = jnp.where((k == 1) | (k == 2), c, jnp.where((k == 0) | (k == 3), x, 0.0)) + m
-  b = jnp.where((k == 3) | (k == 4), c, jnp.where((k == 2) | (k == 5), x, 0.0)) + m
-  return jnp.stack([r, g, b], axis=0)
+def _hue_shift(r, g, b, delta) -> list[jax.Array]:
+  """RGB planes with their HSV hue rotated by `delta` (turns), as TF's adjust_hue / BYOL.
 
-
-def _hue_shift(x: jax.Array, delta: jax.Array) -> jax.Array:
-  h, s, v = _rgb_to_hsv(x)
-  return _hsv_to_rgb(h + delta, s, v)
+  HSV -> RGB in closed form: channel n (5, 3, 1 for r, g, b) is v - s v clip(min(k, 4 - k), 0, 1)
+  with k = (n + 6 h) mod 6.
+  """
+  h, s, v = _rgb_to_hsv(r, g, b)
+  h = h + delta
+  h = 6.0 * (h - jnp.floor(h))  # in [0, 6); floor, not %, which XLA:CPU runs as a scalar fmod call
+  return [v - s * v * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+          for k in (jnp.where(n + h >= 6.0, n + h - 6.0, n + h) for n in (5.0, 3.0, 1.0))]
 
 
 def _color_jitter(x: jax.Array, u: jax.Array, cfg, apply: jax.Array) -> jax.Array:
   """BYOL colour jitter: brightness, contrast, saturation, hue in a random order, clip after each.
 
-  Same result as BYOL's 4 x 4 grid of conditionals, which vmap would turn into 16 evaluated
-  transforms (8 HSV round trips), but cheaper:
-  - brightness x + b, contrast x c + mean (1 - c) and saturation are all of the form
-    x * factor + offset. Saturation in HSV (s -> clip(s f, 0, 1), same h and v) is, per pixel,
-    x -> v - r (v - x) with v = max channel and r = clip(s f, 0, 1) / s = min(f, v / (v - min)),
-    so it needs no HSV round trip.
-  - hue needs one HSV round trip, done once: the cheap ops at the positions before hue's position,
-    then hue, then the cheap ops after it.
+  Same result as BYOL's 4 x 4 grid of conditionals (which vmap would turn into 16 evaluated
+  transforms, 8 HSV round trips), in one pass over the image per cheap op that is on (3 for RGB,
+  2 for grayscale):
+  - brightness x + b, contrast x c + mean (1 - c) and saturation are all x * factor + offset.
+    Saturation in HSV (s -> clip(s f, 0, 1), same h and v) is, per pixel, x -> v - r (v - x) with
+    v = max channel and r = clip(s f, 0, 1) / s = min(f, v / (v - min)): no HSV round trip.
+  - pass k applies the k-th cheap op of this example's order, then hue if hue comes next: hue's
+    round trip is arithmetic in every pass, kept in one, never a pass of its own.
+  - the image is a list of channel planes, not one [C, H, W] array: every output channel depends on
+    all channels of its pixel, and XLA computes a list of same-shaped results in one multi-output
+    kernel that reads each pixel once, where for a stacked array it writes the per-pixel values
+    (v, ratio, h) out and reads them back (for an H100: twice the bytes moved, per XLA's program).
+  - each pass ends in an optimization_barrier: otherwise XLA fuses a pass's per-channel reads into
+    the next pass and recomputes the chain up to 3^passes times (measured 10x slower on CPU).
   """
-  channels = x.shape[0]
   brightness, contrast = float(cfg.brightness), float(cfg.contrast)
-  saturation, hue = float(cfg.saturation), float(cfg.hue)
-  if channels != 3:
-    saturation = hue = 0.0
-  if not (brightness > 0 or contrast > 0 or saturation > 0 or hue > 0):
+  saturation, hue = (float(cfg.saturation), float(cfg.hue)) if x.shape[0] == 3 else (0.0, 0.0)
+  cheap = [op for op, strength in ((0, brightness), (1, contrast), (2, saturation)) if strength > 0]
+  if not cheap and not hue > 0:
     return x
   b = _lerp(u[_U_BRIGHT], -brightness, brightness)
   c = _lerp(u[_U_CONTRAST], 1 - contrast, 1 + contrast)
   f = _lerp(u[_U_SAT], 1 - saturation, 1 + saturation)
   dh = _lerp(u[_U_HUE], -hue, hue)
-  order = jnp.argsort(u[_U_ORDER])  # order[p] = op at position p: 0 b, 1 c, 2 s, 3 h
+  # The four ops (0 b, 1 c, 2 s, 3 h) in the random order of their ranks; leaving out the ops that
+  # are off keeps the others' relative order.
+  rank, ops = u[_U_ORDER], jnp.asarray(cheap or [0])
+  sequence = ops[jnp.argsort(rank[ops])]  # the cheap ops in the order they apply
+  hue_slot = jnp.sum(rank[ops] < rank[3]) if cheap else 0  # how many cheap ops come before hue
 
-  def cheap_op(x, op, active):
-    is_b = active & (op == 0) & (brightness > 0)
-    is_c = active & (op == 1) & (contrast > 0)
-    factor = jnp.where(is_c, c, 1.0)
-    offset = jnp.where(is_b, b, 0.0)
-    if contrast > 0:
-      mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-      offset = offset + jnp.where(is_c, mean * (1.0 - c), 0.0)
-    is_s = jnp.zeros((), bool)
+  def cheap_op(planes, op):
+    factor = jnp.where(op == 1, c, 1.0)
+    offset = jnp.where(op == 0, b, 0.0)
     if saturation > 0:
-      is_s = active & (op == 2)
-      r_, g_, b_ = x[0:1], x[1:2], x[2:3]
-      v = jnp.maximum(jnp.maximum(r_, g_), b_)
-      rng = v - jnp.minimum(jnp.minimum(r_, g_), b_)
+      v = jnp.maximum(jnp.maximum(planes[0], planes[1]), planes[2])
+      rng = v - jnp.minimum(jnp.minimum(planes[0], planes[1]), planes[2])
       ratio = jnp.where(rng > 0, jnp.minimum(f, v / jnp.where(rng > 0, rng, 1.0)), 1.0)
-      factor = jnp.where(is_s, ratio, factor)
-      offset = jnp.where(is_s, v * (1.0 - ratio), offset)
-    x = jnp.where(is_b | is_c | is_s, jnp.clip(x * factor + offset, 0.0, 1.0), x)
-    # Materialise x: otherwise XLA fuses each step's per-channel reads into the next step and
-    # recomputes the chain up to 3^4 times (measured 10x slower on CPU).
-    return jax.lax.optimization_barrier(x)
+      factor = jnp.where(op == 2, ratio, factor)
+      offset = jnp.where(op == 2, v * (1.0 - ratio), offset)
+    out = []
+    for p in planes:
+      off = offset + jnp.where(op == 1, jnp.mean(p) * (1.0 - c), 0.0) if contrast > 0 else offset
+      out.append(jnp.where(apply, jnp.clip(p * factor + off, 0.0, 1.0), p))
+    return out
 
-  if hue > 0:
-    hue_pos = jnp.argmax(order == 3)
-    for p in range(3):  # positions before hue (hue_pos <= 3)
-      x = cheap_op(x, order[p], apply & (p < hue_pos))
-    x = jnp.where(apply, jnp.clip(_hue_shift(x, dh), 0.0, 1.0), x)
-    for p in range(1, 4):  # positions after hue
-      x = cheap_op(x, order[p], apply & (p > hue_pos))
-  else:
-    for p in range(4):
-      x = cheap_op(x, order[p], apply)
-  return x
+  def hue_op(planes, slot):
+    if not hue > 0:
+      return planes
+    on = apply & (hue_slot == slot)
+    return [jnp.where(on, jnp.clip(s, 0.0, 1.0), p) for s, p in zip(_hue_shift(*planes, dh), planes)]
+
+  planes = hue_op([x[i] for i in range(x.shape[0])], 0)
+  for k in range(len(cheap)):
+    planes = list(jax.lax.optimization_barrier(hue_op(cheap_op(planes, sequence[k]), k + 1)))
+  return jnp.stack(planes)
 
 
 def _grayscale(x: jax.Array) -> jax.Array:
@@ -328,9 +326,11 @@ def _gaussian_blur(x: jax.Array, sigma: jax.Array, apply: jax.Array, ksize: int)
   kernel = jnp.where(apply, kernel, (taps == 0).astype(jnp.float32))
   height, width = x.shape[1], x.shape[2]  # planar [C, H, W]
   mode = 'reflect' if half < min(height, width) else 'edge'
-  xp = jnp.pad(x, ((0, 0), (half, half), (0, 0)), mode=mode)
+  # Each pass reads a materialised padded input: otherwise XLA fuses the producers (the colour ops,
+  # and the first pass into the second) into every tap and recomputes them ksize (ksize^2) times.
+  xp = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (half, half), (0, 0)), mode=mode))
   x = sum(kernel[i] * xp[:, i:i + height] for i in range(ksize))
-  xp = jnp.pad(x, ((0, 0), (0, 0), (half, half)), mode=mode)
+  xp = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (0, 0), (half, half)), mode=mode))
   return sum(kernel[i] * xp[:, :, i:i + width] for i in range(ksize))
 
 
