@@ -15,6 +15,7 @@ timed `repeats` times over `steps` steps after `warmup` steps (the median is rep
 `--augment_ops` also times the on-device augmentation alone (two views of the batch, normalised, cast and
 concatenated as the step feeds them to the network), then without each of its ops in turn (crop = the full
 image resized, jitter, grayscale, blur, solarize, flip: probability 0); an op's cost is the difference.
+`--variants= --augment_ops` times only the augmentation.
 
 FLOPs come from XLA's cost analysis of the lowered (not yet optimised) step; on GPUs, where only
 compiled programs are analysed and cuDNN convolutions are opaque, of the same step lowered for the CPU.
@@ -23,8 +24,8 @@ ResNet-18 at 96 px, 4.45 GFLOP per image, against 5.25 by the usual count (fvcor
 tap, 2 FLOPs per multiply-add). MFU = FLOP/s over the device's peak: `--peak_tflops`, else a table of
 datasheet dense peaks; `--measure_peak` also times an 8192^3 matrix product in the compute dtype and
 reports `mfu_measured_peak` against it (a jitted call per product, so a little under the hardware's).
-Prints one JSON object per variant, and last a JSON object for the first variant with
-`images_per_sec`, `ms_per_step` and `mfu`.
+Prints one JSON object per variant (and per augmentation row), and last a JSON object for the first variant
+with `images_per_sec`, `ms_per_step` and `mfu`.
 """
 from __future__ import annotations
 
@@ -259,6 +260,8 @@ def main(argv):
     measured_peak = measured_peak_flops(FLAGS.config.train.compute_dtype)
     print(json.dumps({'measured_peak_tflops': round(measured_peak / 1e12, 1), 'device': jax.devices()[0].device_kind,
                       'dtype': FLAGS.config.train.compute_dtype}), flush=True)
+  if not FLAGS.variants and not FLAGS.augment_ops:
+    raise app.UsageError('nothing to time: give --variants, --augment_ops or both')
   for v in FLAGS.variants:  # fail on a misspelt variant before compiling anything
     try:
       parse_variant(v)
@@ -273,15 +276,15 @@ def main(argv):
       # One failing variant (say, out of memory) should not cost the others' numbers.
       traceback.print_exc()
       print(json.dumps({'variant': v, 'error': f'{type(e).__name__}: {e}'[:500]}), flush=True)
-  if not results:
+  if FLAGS.variants and not results:
     raise SystemExit('every benchmark variant failed')
   if FLAGS.augment_ops:
     for r in time_augmentation(FLAGS.config):
       print(json.dumps(r), flush=True)
-  base = results[0]['ms_per_step']
-  print(json.dumps({'relative_ms_per_step': {r['variant']: round(r['ms_per_step'] / base, 3) for r in results}}))
-  print(json.dumps(results[0]), flush=True)
-
+  if results:
+    base = results[0]['ms_per_step']
+    print(json.dumps({'relative_ms_per_step': {r['variant']: round(r['ms_per_step'] / base, 3) for r in results}}))
+    print(json.dumps(results[0]), flush=True)
 
 if __name__ == '__main__':
   app.run(main)

@@ -3,8 +3,10 @@
 For sessions without a GPU: XLA:GPU's fusion decisions (which intermediates it writes to memory and reads
 back, which it recomputes) depend only on the program and the target, so the compiled program shows how
 many bytes each kernel moves. Element-wise and reduction kernels (BatchNorm, the augmentation) are bound
-by memory bandwidth, so bytes / 3.35 TB/s is a lower bound of their time; convolutions and matrix products
-are compute-bound and reported apart. Timings still need a GPU (`scripts/gpu_bench.sh`).
+by memory bandwidth, so bytes / 3.35 TB/s is a lower bound of their time (for kernels heavy in arithmetic,
+fused ops x elements / 60 TFLOP/s where that is larger); convolutions and matrix products are compute-bound and
+reported apart. On the H100 runs of docs/benchmarks.md the fusions took ~1.5x this bound. Timings still need a
+GPU (`scripts/gpu_bench.sh`).
 
   # once, in its own virtualenv (the CUDA wheels are ~3 GB; nothing runs on a GPU):
   python -m venv /tmp/venv-cuda && /tmp/venv-cuda/bin/pip install "jax[cuda12]==<jax version>" \
@@ -28,7 +30,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # no GPU here: the CUDA plugin on
 os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '-1')
 
-# What XLA needs to know of the target (xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb, as for jax's deviceless AOT).
+# What XLA needs to know of the target: an H100 SXM (the values of XLA's GPU target specs), CUDA 12.8, cuDNN 9.7.
 H100_TARGET = """
 gpu_device_info {
   threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152

@@ -54,14 +54,17 @@ def test_bench_rejects_an_unknown_variant_before_compiling():
 
 
 def test_augment_ops_breakdown():
-  proc = _bench('--variants=no_augment', '--augment_ops')
+  proc = _bench('--variants=', '--augment_ops')  # the augmentation only
   assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [json.loads(l) for l in proc.stdout.strip().splitlines()]
-  assert 'images_per_sec' in lines[-1]  # the step's summary stays last
-  breakdown = {l['augment']: l for l in lines if 'augment' in l and isinstance(l['augment'], str)}
+  rows = {r['augment']: r for r in map(json.loads, proc.stdout.strip().splitlines())}
   # configs/tiny.py uses the 'cifar10' preset: crop, flip, jitter and grayscale are on; blur, solarize off.
-  assert set(breakdown) == {'all', '-crop', '-flip', '-jitter', '-grayscale'}
-  assert all(l['ms_per_batch'] > 0 for l in breakdown.values())
-  for name, l in breakdown.items():
+  assert set(rows) == {'all', '-crop', '-flip', '-jitter', '-grayscale'}
+  assert all(r['ms_per_batch'] > 0 and r['num_devices'] == 2 for r in rows.values())
+  for name, r in rows.items():
     if name != 'all':
-      assert l['op_ms'] == round(breakdown['all']['ms_per_batch'] - l['ms_per_batch'], 3)
+      assert r['op_ms'] == round(rows['all']['ms_per_batch'] - r['ms_per_batch'], 3)
+
+
+def test_bench_needs_something_to_time():
+  proc = _bench('--variants=')
+  assert proc.returncode != 0 and 'nothing to time' in proc.stderr
