@@ -160,23 +160,20 @@ def time_variant(config, variant: str, measured_peak: float | None = None) -> di
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   flops = step_flops(lowered, step_fn, state, batch)  # of the whole (global) step
-  for _ in range(FLAGS.warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(FLAGS.repeats):
-    t0 = time.perf_counter()
-    for _ in range(FLAGS.steps):
+  metrics = None
+
+  def run(steps):  # the state buffers are donated: each step consumes the previous state
+    nonlocal state, metrics
+    for _ in range(steps):
       state, metrics = compiled(state, batch)
-    jax.block_until_ready(state)
-    times.append((time.perf_counter() - t0) / FLAGS.steps)
+    return state
+
+  times = _timed_repeats(run)
   dt = statistics.median(times)
   if FLAGS.profile_dir:
     os.makedirs(f'{FLAGS.profile_dir}/{variant}', exist_ok=True)
     with jax.profiler.trace(f'{FLAGS.profile_dir}/{variant}', create_perfetto_trace=True):
-      for _ in range(5):
-        state, metrics = compiled(state, batch)
-      jax.block_until_ready(state)
+      jax.block_until_ready(run(5))
   n_dev = mesh.size
   peak = peak_flops(config.train.compute_dtype)
   per_device_flops = flops / n_dev / dt
@@ -209,16 +206,13 @@ def _augment_op_enabled(cfg, op: str) -> bool:
   return any(float(v) > 0 for v in (value if isinstance(value, (tuple, list)) else (value,)))
 
 
-def _timed_repeats(fn, *args) -> list[float]:
-  for _ in range(FLAGS.warmup):
-    out = fn(*args)
-  jax.block_until_ready(out)
+def _timed_repeats(run) -> list[float]:
+  """Seconds per call, one figure per repeat: `run(k)` makes k calls and returns what to wait for."""
+  jax.block_until_ready(run(FLAGS.warmup))
   times = []
   for _ in range(FLAGS.repeats):
     t0 = time.perf_counter()
-    for _ in range(FLAGS.steps):
-      out = fn(*args)
-    jax.block_until_ready(out)
+    jax.block_until_ready(run(FLAGS.steps))
     times.append((time.perf_counter() - t0) / FLAGS.steps)
   return times
 
@@ -241,7 +235,8 @@ def time_augmentation(config) -> list[dict]:
       v1, v2 = step_lib.normalize(v1, mean, std), step_lib.normalize(v2, mean, std)
       return jnp.concatenate([v1.astype(dtype), v2.astype(dtype)], axis=0)
 
-    times = _timed_repeats(views, batch['image'], batch['index'], jnp.int32(1))
+    args = (batch['image'], batch['index'], jnp.int32(1))
+    times = _timed_repeats(lambda k, views=views, args=args: [views(*args) for _ in range(k)])
     dt = statistics.median(times)
     results.append({'augment': name, 'preset': config.data.augment_preset, 'device': jax.devices()[0].device_kind,
                     'num_devices': mesh.size, 'image_size': config.data.image_size,

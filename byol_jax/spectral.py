@@ -295,23 +295,24 @@ NS_RESIDUAL_TOL = 1e-3
 
 
 def predictor_weights(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
-                      solver: str = 'eigh', fallback: jax.Array | None = None) -> jax.Array:
+                      solver: str = 'eigh') -> jax.Array:
   """W_p from F. solver 'eigh': `directpred_predictor` (exact reference). solver 'newton_schulz':
   the eigh-free path (`directpred_predictor_fast`) for power in {1, 2} with eps outside the root;
-  other options use eigh. For power 2 it also checks the root (one more matmul); if that check
-  fails (non-finite, or residual above NS_RESIDUAL_TOL: F with a clearly negative eigenvalue) it
-  returns `fallback` when given (jnp.where, no control flow), else the eigh result via lax.cond
-  (only one branch runs). The training step passes the current W_p as `fallback`: on a GPU a
-  lax.cond makes the host wait for the predicate every step.
+  other options use eigh. For power 2 it also checks the root (one more matmul) and, if that check
+  fails (non-finite, or residual above NS_RESIDUAL_TOL: F with a clearly negative eigenvalue),
+  computes the eigh result instead via lax.cond (only one branch runs).
   `power`, `eps_inside` and `solver` must be static Python values; `eps` may be traced.
   """
-  return predictor_weights_and_ok(corr, eps, power, eps_inside, solver, fallback)[0]
+  return predictor_weights_and_ok(corr, eps, power, eps_inside, solver)[0]
 
 
 def predictor_weights_and_ok(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
                              solver: str = 'eigh', fallback: jax.Array | None = None
                              ) -> tuple[jax.Array, jax.Array]:
-  """`predictor_weights` and whether the Newton-Schulz root passed its check (always True for eigh)."""
+  """`predictor_weights` and whether the Newton-Schulz root passed its check (always True for eigh).
+  With `fallback` (the training step passes the current W_p) a failed root returns it (jnp.where, no
+  control flow) instead of the eigh result under lax.cond: on a GPU a conditional makes the host wait
+  for its predicate every step."""
   if solver not in SOLVERS:
     raise ValueError(f'unknown predictor solver {solver!r}; expected one of {SOLVERS}')
   if solver == 'eigh' or eps_inside or power not in (1, 2):

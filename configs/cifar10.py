@@ -5,7 +5,7 @@ Command:  python -m byol_jax.main --config=configs/cifar10.py[:ARGS] --workdir=r
 Hardware: one GPU (the paper: one GPU per run, 5 seeds per setting).
 Time:     not measured end to end. Estimate from the ResNet-18 step measured on one H100 (docs/benchmarks.md):
           39,062 steps of 128 at 32 px with the CIFAR stem (~1.7x the FLOPs of STL-10's 96 px step), ~10 ms
-          each: ~10-15 min plus evaluations.
+          each: ~7 min plus evaluations.
 Setup:    as configs/stl10.py (ResNet-18, projector 512-512-128 BN affine=False, SGD lr 0.03 momentum 0.9
           wd 4e-4 on all parameters, constant lr, batch 128, EMA 0.996 constant, independent target init,
           DirectPred rho 0.3 eps 0.1 freq 1) but with the CIFAR stem (3x3 conv, no max-pool) at 32 px,
