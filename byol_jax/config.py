@@ -13,6 +13,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from byol_jax import spectral
+from byol_jax.models import resnet
 
 METHODS = ('byol', 'simsiam')
 PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
@@ -57,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.backbone = 'resnet18'  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
   c.model.width = 64            # channels of the first stage
   c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool), 'cifar_stride2' (3x3/2 conv) or 'imagenet'
+  c.model.max_pool_impl = 'auto'  # ImageNet stem: 'taps' (cheaper backward, GPUs), 'xla' or 'auto'; same result
   c.model.projector_hidden = 512
   c.model.projector_dim = 128
   c.model.projector_bn_affine = False  # paper (STL/CIFAR): BatchNorm1d(affine=False); BYOL: True
@@ -172,6 +174,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(c.data.name in IN_MEMORY_DATASETS + TFDS_DATASETS,
          f'data.name={c.data.name!r} is unknown; choose one of {", ".join(IN_MEMORY_DATASETS + TFDS_DATASETS)}')
   _check(c.data.image_size > 0, 'data.image_size must be positive')
+  _check(c.model.stem in resnet.STEMS, f'model.stem={c.model.stem!r}; choose one of {resnet.STEMS}')
+  _check(c.model.max_pool_impl in resnet.MAX_POOL_IMPLS,
+         f'model.max_pool_impl={c.model.max_pool_impl!r}; choose one of {resnet.MAX_POOL_IMPLS}')
   p = c.predictor
   _check(p.freq >= 1, f'predictor.freq={p.freq} must be >= 1 (1 = reset W_p every step)')
   _check(0.0 <= p.rho < 1.0, f'predictor.rho={p.rho} must be in [0, 1)')

@@ -12,7 +12,7 @@ GPU (`scripts/gpu_bench.sh`).
   python -m venv /tmp/venv-cuda && /tmp/venv-cuda/bin/pip install "jax[cuda12]==<jax version>" \
       flax optax chex ml_collections orbax-checkpoint absl-py
   /tmp/venv-cuda/bin/python scripts/gpu_aot_estimate.py augment [--preset=stl10 --batch=256 --size=96]
-  /tmp/venv-cuda/bin/python scripts/gpu_aot_estimate.py step [--no_augment]
+  /tmp/venv-cuda/bin/python scripts/gpu_aot_estimate.py step [--no_augment] [--set model.max_pool_impl=xla]
   ... [--ref=HEAD~1]   also the same for the code at a git revision (`git archive` into a temporary folder)
 
 `step` is the benchmark's ResNet-18 step (configs/stl10.py, 96 px, batch 256, bf16, projector 512-4096-256,
@@ -138,6 +138,8 @@ def step_program(args) -> str:
   c.train.batch_size, c.data.image_size, c.train.compute_dtype = args.batch, args.size, 'bfloat16'
   c.model.projector_hidden, c.model.projector_dim, c.model.projector_bn_affine = 4096, 256, True
   c.predictor.solver = 'newton_schulz'
+  c.model.max_pool_impl = 'taps'  # what 'auto' picks on a GPU (this process's backend is the CPU)
+  config_lib.override(c, dict(kv.split('=', 1) for kv in args.set))
   c = config_lib.finalize(c)
   topology = topologies.get_topology_desc(platform='cuda', target_config=H100_TARGET, topology='1x1x1')
   mesh = topologies.make_mesh(topology, (1,), (step_lib.AXIS,))
@@ -163,6 +165,8 @@ def main():
   ap.add_argument('--batch', type=int, default=256)
   ap.add_argument('--size', type=int, default=96)
   ap.add_argument('--no_augment', action='store_true', help='step: ready-made views')
+  ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                  help='step: a config string value, e.g. --set model.max_pool_impl=xla (repeatable)')
   ap.add_argument('--top', type=int, default=10)
   ap.add_argument('--ref', help='git revision to compare with')
   ap.add_argument('--dump', help='write the optimised HLO text here')

@@ -10,7 +10,8 @@
 set -u
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 PARTS=${PARTS:-r18 torch_compile torch_eager r50}
-VARIANTS=${VARIANTS:-no_augment,no_augment+linear,full,no_augment+eigh}
+VARIANTS=${VARIANTS:-no_augment,no_augment+linear,full,no_augment+pool_xla,no_augment+eigh}
+R50_VARIANTS=${R50_VARIANTS:-no_augment,no_augment+directpred+newton_schulz}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if ! python3 -c 'import ml_collections' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -45,7 +46,7 @@ for part in $PARTS; do
     done ;;
   r50) echo "== byol_jax ResNet-50, 224 px, batch 128 (ImageNet config, for docs/scaling.md)"
     timeout 150 python3 -m byol_jax.bench --config=configs/imagenet.py --config.train.batch_size=128 \
-      --config.train.num_devices=1 --steps=20 --repeats=3 --variants=no_augment,no_augment+directpred+newton_schulz \
+      --config.train.num_devices=1 --steps=20 --repeats=3 --variants=$R50_VARIANTS \
       ${EXTRA:-} 2>"$OUT/jax_r50.err" | tee "$OUT/jax_r50.jsonl"
     tail -3 "$OUT/jax_r50.err" ;;
   esac

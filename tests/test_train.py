@@ -151,6 +151,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     ({'method': 'byol', 'stop_gradient': False}, 'simsiam'),
     ({'predictor.freq': 0}, 'predictor.freq'),
     ({'data.augment_preset': 'imagenet-ish'}, 'augment_preset'),
+    ({'model.max_pool_impl': 'cudnn'}, 'model.max_pool_impl'),
 ])
 def test_impossible_values_fail_before_compilation(tmp_path, overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match):

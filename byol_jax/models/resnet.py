@@ -3,13 +3,18 @@
 `stem='imagenet'`: 7x7 stride-2 conv + 3x3 max-pool (ImageNet, STL-10 at 96 px).
 `stem='cifar'`: one 3x3 stride-1 conv and no max-pool (CIFAR).
 `stem='cifar_stride2'`: one 3x3 stride-2 conv, no max-pool: 4x cheaper on small images (Fashion-MNIST on CPU).
+The ImageNet stem's max-pool: `max_pool_impl='taps'` is `max_pool_3x3_s2` (same result and gradient as XLA's,
+cheaper backward: 3.5% faster ResNet-18 steps on an H100), 'xla' is nnx.max_pool (faster on CPU), 'auto' (default)
+picks 'taps' on GPUs and 'xla' elsewhere.
 BatchNorm takes `axis_name` so that, inside shard_map/pmap, its statistics are over the global batch, and
 keeps per-view statistics when the views share one pass (models/norm.py).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -29,12 +34,59 @@ ARCHITECTURES = {
 
 
 STEMS = ('imagenet', 'cifar', 'cifar_stride2')
+MAX_POOL_IMPLS = ('auto', 'taps', 'xla')
 
 
 def _conv(cin, cout, k, stride, dtype, rngs):
   pad = (k - 1) // 2
   return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False,
                   kernel_init=conv_init, dtype=dtype, rngs=rngs)
+
+
+def _pool_taps(x):
+  """The 9 taps of the 3x3 stride-2 windows (padding 1, -inf outside), first to last in scan order."""
+  ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return [x[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2, :] for i in range(3) for j in range(3)]
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x):
+  """nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))) with the same gradient (to the first
+  maximum of each window in scan order, as XLA's select-and-scatter), computed more cheaply.
+
+  The forward also keeps which tap was each window's maximum (int8, 1/8 of the input's bytes in bf16); the
+  backward places each output gradient back with 9 interior pads (one fusion that reads that index and
+  the output gradient). XLA's own backward reads the input again and zero-fills and scatters into a padded
+  copy of it. For the ResNet-18 step at 96 px and batch 256 on an H100: 0.7 GB less memory traffic, 3.5%
+  faster steps (docs/benchmarks.md); a NaN input gets no gradient.
+  """
+  return _max_pool_fwd(x)[0]
+
+
+def _max_pool_fwd(x):
+  taps = _pool_taps(x)
+  y = functools.reduce(jnp.maximum, taps)
+  first = jnp.full(y.shape, len(taps), jnp.int8)  # index of the first tap equal to the maximum
+  for k in reversed(range(len(taps))):
+    first = jnp.where(taps[k] == y, jnp.int8(k), first)
+  return y, (first, x.shape)
+
+
+def _max_pool_bwd(residuals, dy):
+  first, (_, h, w, _) = residuals
+  zero = jnp.zeros((), dy.dtype)
+  dx = 0
+  for k in range(9):
+    i, j = divmod(k, 3)
+    grad = jnp.where(first == k, dy, zero)
+    # Output (a, b) of tap (i, j) reads padded input (2a + i, 2b + j): interior padding 1 puts it there.
+    dx = dx + jax.lax.pad(grad, zero, ((0, 0, 0), (i, h + 2 - i - 2 * grad.shape[1] + 1, 1),
+                                       (j, w + 2 - j - 2 * grad.shape[2] + 1, 1), (0, 0, 0)))
+  return (dx[:, 1:h + 1, 1:w + 1, :],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _bn(c, axis_name, dtype, rngs, zero_scale=False):
@@ -92,14 +144,19 @@ class ResNet(nnx.Module):
   """ResNet trunk: images [B, H, W, C] in [0, 1] -> globally pooled features [B, out_dim] (float32)."""
 
   def __init__(self, architecture: str, *, in_channels: int, width: int = 64, stem: str = 'imagenet',
-               axis_name: str | None = 'data', dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               max_pool_impl: str = 'auto', axis_name: str | None = 'data', dtype: Any = jnp.float32,
+               rngs: nnx.Rngs):
     if architecture not in ARCHITECTURES:
       raise ValueError(f'unknown backbone {architecture!r}; choose one of {sorted(ARCHITECTURES)}')
     if stem not in STEMS:
       raise ValueError(f'unknown stem {stem!r}; choose one of {STEMS}')
+    if max_pool_impl not in MAX_POOL_IMPLS:
+      raise ValueError(f'unknown max_pool_impl {max_pool_impl!r}; choose one of {MAX_POOL_IMPLS}')
     kind, stages = ARCHITECTURES[architecture]
     block = BasicBlock if kind == 'basic' else Bottleneck
-    self.stem = stem
+    if max_pool_impl == 'auto':  # the same function either way; only the speed differs
+      max_pool_impl = 'taps' if jax.default_backend() == 'gpu' else 'xla'
+    self.stem, self.max_pool_impl = stem, max_pool_impl
     self.stem_conv = _conv(in_channels, width, 7 if stem == 'imagenet' else 3, 1 if stem == 'cifar' else 2,
                            dtype, rngs)
     self.stem_bn = _bn(width, axis_name, dtype, rngs)
@@ -116,7 +173,10 @@ class ResNet(nnx.Module):
   def __call__(self, x):
     x = nnx.relu(self.stem_bn(self.stem_conv(x)))
     if self.stem == 'imagenet':
-      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      if self.max_pool_impl == 'taps':
+        x = max_pool_3x3_s2(x)
+      else:
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
