@@ -24,7 +24,7 @@ XLA counts a convolution's multiply-adds over valid input taps only (zero paddin
 ResNet-18 at 96 px, 4.45 GFLOP per image, against 5.25 by the usual count (fvcore / torchvision: every
 tap, 2 FLOPs per multiply-add). MFU = FLOP/s over the device's peak: `--peak_tflops`, else a table of
 datasheet dense peaks; `--measure_peak` also times an 8192^3 matrix product in the compute dtype and
-reports `mfu_measured_peak` against it (a jitted call per product, so a little under the hardware's).
+reports `mfu_measured_peak` against it (`steps` jitted calls back to back, so a little under the hardware's).
 Prints one JSON object per variant (and per augmentation row), and last a JSON object for the first variant
 with `images_per_sec`, `ms_per_step` and `mfu`.
 """
@@ -92,7 +92,7 @@ def peak_flops(dtype: str) -> float | None:
   return None
 
 
-def measured_peak_flops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
+def measured_peak_flops(dtype: str, n: int = 8192) -> float:
   """FLOP/s of an n^3 matrix product on random data in `dtype` (the ceiling MFU is read against)."""
   if jax.devices()[0].platform == 'cpu':
     n = 1024
@@ -100,13 +100,7 @@ def measured_peak_flops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
   a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
   b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
   matmul = jax.jit(lambda a, b: a @ b)
-  jax.block_until_ready(matmul(a, b))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    times.append(time.perf_counter() - t0)
-  return 2 * n**3 / statistics.median(times)
+  return 2 * n**3 / statistics.median(_timed_repeats(lambda k: [matmul(a, b) for _ in range(k)]))
 
 
 def fake_batch(config, mesh, with_views: bool):
@@ -282,6 +276,7 @@ def main(argv):
     base = results[0]['ms_per_step']
     print(json.dumps({'relative_ms_per_step': {r['variant']: round(r['ms_per_step'] / base, 3) for r in results}}))
     print(json.dumps(results[0]), flush=True)
+
 
 if __name__ == '__main__':
   app.run(main)

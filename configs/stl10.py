@@ -5,7 +5,7 @@ Command:  python -m byol_jax.main --config=configs/stl10.py[:ARGS] --workdir=run
 Hardware: one GPU (the paper: one GPU per run, 5 seeds per setting).
 Time:     not measured end to end. Estimate from the step measured on one H100 (docs/benchmarks.md: ResNet-18,
           96 px, 10.6 ms per 256 images with augmentation and DirectPred): 82,031 steps of 128 at ~6-8 ms,
-          ~10-15 min plus evaluations; --config.predictor.solver=newton_schulz saves the ~2 ms per step
+          ~8-11 min plus evaluations; --config.predictor.solver=newton_schulz saves the ~2 ms per step
           that eigh costs on a GPU. A 2-core CPU is ~1000x too slow.
 Setup:    ResNet-18 with the ImageNet stem at 96 px; projector 512-512-128, BN affine=False; SGD lr 0.03,
           momentum 0.9, weight decay 4e-4 on every parameter, constant lr; batch 128; 100 epochs of

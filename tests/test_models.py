@@ -23,7 +23,7 @@ def test_max_pool_with_the_cheaper_backward_equals_xla_max_pool_ties_included():
 
 
 def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
-  """The ImageNet-stem ResNet, max_pool_impl='taps' (default) against 'xla': the same function, and 'taps'
+  """The ImageNet-stem ResNet, max_pool_impl='taps' (what 'auto' picks on GPUs) against 'xla': the same function, and 'taps'
   does not use XLA's select-and-scatter."""
   from byol_jax.models.resnet import ResNet
   x = jax.random.uniform(jax.random.PRNGKey(2), (4, 32, 32, 3))
