@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 64            # channels of the first stage
   c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool), 'cifar_stride2' (3x3/2 conv) or 'imagenet'
   c.model.max_pool_impl = 'auto'  # ImageNet stem: 'taps' (cheaper backward, GPUs), 'xla' or 'auto'; same result
+  c.model.conv_impl = 'auto'    # 'matmul_small' (XLA:CPU's slow convolutions as products; CPUs), 'xla' or 'auto'
   c.model.projector_hidden = 512
   c.model.projector_dim = 128
   c.model.projector_bn_affine = False  # paper (STL/CIFAR): BatchNorm1d(affine=False); BYOL: True
@@ -177,6 +178,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(c.model.stem in resnet.STEMS, f'model.stem={c.model.stem!r}; choose one of {resnet.STEMS}')
   _check(c.model.max_pool_impl in resnet.MAX_POOL_IMPLS,
          f'model.max_pool_impl={c.model.max_pool_impl!r}; choose one of {resnet.MAX_POOL_IMPLS}')
+  _check(c.model.conv_impl in resnet.CONV_IMPLS,
+         f'model.conv_impl={c.model.conv_impl!r}; choose one of {resnet.CONV_IMPLS}')
   p = c.predictor
   _check(p.freq >= 1, f'predictor.freq={p.freq} must be >= 1 (1 = reset W_p every step)')
   _check(0.0 <= p.rho < 1.0, f'predictor.rho={p.rho} must be in [0, 1)')

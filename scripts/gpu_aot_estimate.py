@@ -139,6 +139,7 @@ def step_program(args) -> str:
   c.model.projector_hidden, c.model.projector_dim, c.model.projector_bn_affine = 4096, 256, True
   c.predictor.solver = 'newton_schulz'
   c.model.max_pool_impl = 'taps'  # what 'auto' picks on a GPU (this process's backend is the CPU)
+  c.model.conv_impl = 'xla'  # likewise
   config_lib.override(c, dict(kv.split('=', 1) for kv in args.set))
   c = config_lib.finalize(c)
   topology = topologies.get_topology_desc(platform='cuda', target_config=H100_TARGET, topology='1x1x1')

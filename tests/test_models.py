@@ -29,8 +29,8 @@ def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
   x = jax.random.uniform(jax.random.PRNGKey(2), (4, 32, 32, 3))
 
   def features_and_grads(impl):
-    model = ResNet('resnet_tiny', in_channels=3, width=8, stem='imagenet', max_pool_impl=impl, axis_name=None,
-                   rngs=nnx.Rngs(0))
+    model = ResNet('resnet_tiny', in_channels=3, width=8, stem='imagenet', max_pool_impl=impl, conv_impl='xla',
+                   axis_name=None, rngs=nnx.Rngs(0))
 
     def loss(m):
       features = m(x)
@@ -47,3 +47,76 @@ def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
     return features, nnx.to_pure_dict(grads)
 
   chex.assert_trees_all_close(features_and_grads('taps'), features_and_grads('xla'), atol=1e-5, rtol=1e-5)
+
+
+# (input [N, H, W, C], kernel size, stride, output channels): every path of models/conv.py, odd sizes included.
+CONV_CASES = [
+    ((3, 2, 2, 8), 3, 1, 6),    # input smaller than the kernel: forward and input gradient as products
+    ((3, 4, 4, 8), 3, 2, 6),    # output gradient (2x2) smaller than the kernel: input gradient as a product
+    ((3, 5, 3, 4), 3, 2, 6),    # odd, non-square: forward by XLA, input gradient (3x2) as a product
+    ((3, 7, 7, 8), 1, 2, 6),    # 1x1 stride 2 (the shortcut): all three as products
+    ((3, 6, 6, 8), 1, 1, 6),    # 1x1 stride 1
+    ((3, 8, 8, 4), 3, 1, 6),    # ordinary: XLA's convolution and its transposes
+    ((3, 9, 9, 1), 3, 2, 6),    # a one-channel stem, stride 2, odd size
+    ((2, 16, 16, 3), 7, 2, 6),  # the ImageNet stem
+]
+
+
+def test_cpu_convolution_equals_lax_convolution_values_and_gradients():
+  """models/conv.py's conv_general_dilated (the CPU default) against lax.conv_general_dilated: the same outputs
+  and gradients (input and kernel) within float32 summation order, for every path it takes."""
+  from byol_jax.models import conv
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  for shape, k, stride, cout in CONV_CASES:
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], cout)) / k
+    pad = ((k - 1) // 2,) * 2
+
+    def run(fn):
+      f = lambda x, w: fn(x, w, (stride, stride), (pad, pad), dimension_numbers=dn)
+      y, vjp = jax.vjp(f, x, w)
+      dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+      return jax.jit(lambda: (y, *vjp(dy)))()
+
+    chex.assert_trees_all_close(run(conv.conv_general_dilated), run(jax.lax.conv_general_dilated),
+                                atol=1e-5, rtol=1e-5, custom_message=f'{shape} k{k} s{stride}')
+
+
+def test_cpu_convolution_routes_small_convolutions_around_xla():
+  """The point of models/conv.py: of a 3x3 convolution over a 2x2 input, only the kernel gradient is left to XLA
+  as a convolution (the forward and the input gradient, which XLA would swap, are products on patches)."""
+  from byol_jax.models import conv
+  x, w = jnp.ones((2, 2, 2, 8)), jnp.ones((3, 3, 8, 8))
+
+  def convolutions(fn):
+    f = lambda x, w: jnp.sum(fn(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(x, w).compile().as_text().count(' convolution(')
+
+  assert convolutions(jax.lax.conv_general_dilated) == 3
+  assert convolutions(conv.conv_general_dilated) == 1
+
+
+def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
+  """conv_impl='matmul_small' (what 'auto' picks on CPUs) against 'xla': the ResNet-18 layout at 32 px, down to
+  2x2 maps in the last stage, gives the same features and parameter gradients."""
+  from byol_jax.models.resnet import ResNet
+  x = jax.random.uniform(jax.random.PRNGKey(3), (4, 32, 32, 1))
+
+  def features_and_grads(impl):
+    model = ResNet('resnet18', in_channels=1, width=8, stem='cifar_stride2', conv_impl=impl, axis_name=None,
+                   rngs=nnx.Rngs(0))
+
+    @nnx.jit
+    def run(m):
+      (_, features), grads = nnx.value_and_grad(lambda m: (jnp.sum(jnp.sin(m(x))), m(x)), has_aux=True)(m)
+      return features, grads
+
+    features, grads = run(model)
+    return features, nnx.to_pure_dict(grads)
+
+  # Float32 round-off (another summation order), measured against each array's scale: BatchNorm's backward
+  # amplifies the last bits of small entries, so an elementwise rtol would be the wrong yardstick.
+  def relative_error(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+  errors = jax.tree.map(relative_error, features_and_grads('matmul_small'), features_and_grads('xla'))
+  assert max(jax.tree.leaves(errors)) < 1e-5, errors

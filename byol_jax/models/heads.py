@@ -50,7 +50,8 @@ class Tower(nnx.Module):
   def __init__(self, config, *, in_channels: int, dtype: Any, rngs: nnx.Rngs):
     m = config.model
     self.encoder = ResNet(m.backbone, in_channels=in_channels, width=m.width, stem=m.stem,
-                          max_pool_impl=m.max_pool_impl, axis_name='data', dtype=dtype, rngs=rngs)
+                          max_pool_impl=m.max_pool_impl, conv_impl=m.conv_impl, axis_name='data', dtype=dtype,
+                          rngs=rngs)
     self.projector = MLP(self.encoder.out_dim, m.projector_hidden, m.projector_dim,
                          bn_affine=m.projector_bn_affine, axis_name='data', dtype=dtype, rngs=rngs)
 
