@@ -248,6 +248,7 @@ def time_augmentation(config) -> list[dict]:
 
 def main(argv):
   del argv
+  config_lib.set_cpu_devices(FLAGS.config)
   measured_peak = None
   if FLAGS.measure_peak:
     measured_peak = measured_peak_flops(FLAGS.config.train.compute_dtype)

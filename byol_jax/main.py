@@ -37,11 +37,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import jax
   from byol_jax import config as config_lib, train
-  distributed = FLAGS.distributed if FLAGS.distributed is not None else _in_cluster()
-  if distributed:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   try:
+    config_lib.set_cpu_devices(FLAGS.config)  # before JAX starts
+    distributed = FLAGS.distributed if FLAGS.distributed is not None else _in_cluster()
+    if distributed:
+      jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     summary = train.run(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError, FileNotFoundError, train.TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr)
