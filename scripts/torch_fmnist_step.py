@@ -40,6 +40,12 @@ same initial weights, runs two peer steps and compares: losses within 7e-7 and e
 parameter within 6e-7 after the two steps (they move by up to 0.12), torch 2.14.1 on CPU. `--views
 concat` fails that check (loss off by 0.07), as it should: its BatchNorm mixes the views.
 
+Seen on 2 cores of an "Intel(R) Xeon(R) Processor" (AVX-512; 2026-11-30, torch 2.14.1, 2 threads, fp32, batch
+128, median of 3 runs of 3 repeats of 5 steps, other nice'd jobs on the machine): 511 img/s (480-572), 643 img/s
+(500-672) with --channels-last; --views concat the same within noise (526, 622 channels-last); byol_jax.bench
+no_augment in the same sitting: 135 img/s (132-139). Do not time it under `nice` beside other work: its 2 OpenMP
+threads then wait on each other and a step takes seconds instead of 0.2 s (--threads 1 does not suffer so).
+
 Prints one JSON line: images_per_sec (an image is one sample, two views) and ms_per_step, the median over
 repeats of `steps` steps after `warmup` steps, the per-repeat ms, torch version and threads.
 """
