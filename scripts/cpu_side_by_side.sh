@@ -16,7 +16,7 @@
 # Writes one .jsonl (stdout) and one .log (stderr) per run into OUT_DIR, machine.json, and prints a markdown
 # table of images/s (an image is one sample, two views) with the ratio jax/torch for like-for-like rows (no
 # augmentation on either side). Nothing else should run on the machine meanwhile: both sides use every core
-# (and do not run it under `nice` beside other work: torch's OpenMP threads then stall, steps take 10-50x longer).
+# (and do not run it under `nice` beside other work: torch's OpenMP threads then stall, steps take 10x longer or more).
 # Time: (b) a few minutes; (a) several more (the jax side compiles ResNet-18 and runs 17 steps of seconds each).
 set -euo pipefail
 OUT=${1:?usage: cpu_side_by_side.sh OUT_DIR}
