@@ -1,0 +1,74 @@
+"""byol_jax's side of the checks of the PyTorch peer scripts/torch_fmnist_step.py (configs/fashion_mnist.py).
+
+Run from the repository root with the project's interpreter (no torch here):
+    python scripts/fmnist_jax_reference.py [--expect 1557354] [--steps_npz ref.npz]
+Prints one JSON line with byol_jax's trainable parameter count (the online state.params: tower = encoder +
+projector, predictor, probe; the target tower is a copy, not counted), by part; exits 1 if --expect differs.
+With --steps_npz it also runs two training steps of the real step function (byol_jax/step.py, both views in one
+pass, batch 8 of ready-made views) and writes the initial parameters, the batch, both steps' losses and the
+online and target parameters after them; `torch_fmnist_step.py --check ref.npz` loads those parameters into
+the peer, runs its own two steps and compares.
+"""
+import argparse, json, os, sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+
+from byol_jax import config as config_lib, optim, state as state_lib, step as step_lib
+
+
+def count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def flat(tree, prefix):
+  """{'prefix/tower/encoder/stem_conv/kernel': array, ...}"""
+  return {prefix + '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def two_steps(config, networks, state, tx, path, n=8):
+  rng = np.random.default_rng(1)
+  batch = dict(view1=rng.standard_normal((n, 28, 28, 1)).astype(np.float32),  # NHWC, already normalised
+               view2=rng.standard_normal((n, 28, 28, 1)).astype(np.float32),
+               label=rng.integers(0, 10, (n,)).astype(np.int32), index=np.arange(n, dtype=np.int32))
+  step = step_lib.shard_map_step(step_lib.make_step(config, networks, tx, (0.5,), (0.25,)), step_lib.make_mesh(1),
+                                 donate=False)
+  out = {**flat(state.params, 'p0/'), **batch}
+  losses = []
+  for _ in range(2):
+    state, metrics = step(state, batch)
+    losses.append([float(metrics['loss']), float(metrics['probe_loss'])])
+  out.update(flat(state.params, 'p2/'))
+  out.update(flat(state.target_params, 't2/'))
+  out['losses'] = np.array(losses, np.float64)
+  np.savez(path, **out)
+  return losses
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--config', default='configs/fashion_mnist.py')
+  ap.add_argument('--expect', type=int, default=None)
+  ap.add_argument('--steps_npz', default=None, help='also write the two-step reference for the peer here')
+  a = ap.parse_args()
+  module = config_lib.load_config_module(a.config, os.path.basename(a.config))
+  c = config_lib.finalize(module.get_config())
+  channels = 1 if c.data.name == 'fashion_mnist' else 3
+  tx = optim.make_optimizer(c)
+  networks, st = state_lib.build(c, in_channels=channels, num_classes=10, tx=tx)
+  out = {'config': a.config, 'params': count(st.params), **{k: count(v) for k, v in st.params.items()},
+         'encoder': count(st.params['tower']['encoder']), 'projector': count(st.params['tower']['projector'])}
+  if a.expect is not None:
+    out['expect'], out['match'] = a.expect, out['params'] == a.expect
+  if a.steps_npz:
+    out['steps_npz'], out['losses'] = a.steps_npz, two_steps(c, networks, st, tx, a.steps_npz)
+  print(json.dumps(out), flush=True)
+  if a.expect is not None and not out['match']:
+    raise SystemExit(1)
+
+
+if __name__ == '__main__':
+  main()
