@@ -43,7 +43,7 @@ def embed(workdir: str, split: str):
   state = ckpt.restore(state)
   feature_fn = train.make_feature_fn(config, networks, info)
   bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
-  features, labels = train.extract_features(feature_fn, state, train.eval_batches(config, data, split, bs), mesh)
+  features, labels, _ = train.extract_features(feature_fn, state, train.eval_batches(config, data, split, bs), mesh)
   return features.astype(np.float32), labels.astype(np.int32), int(jax.device_get(state.step))
 
 

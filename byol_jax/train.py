@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from byol_jax import checkpoint, config as config_lib, evaluate, optim, plots, spectral, state as state_lib
+from byol_jax import checkpoint, collapse, config as config_lib, evaluate, optim, plots, spectral, state as state_lib
 from byol_jax import step as step_lib
 from byol_jax.data import augment, sources
 from byol_jax.logging_utils import MetricsLog, progress_bar, read_metrics
@@ -97,11 +97,11 @@ def shard_batch(mesh, local_batch):
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
 def make_feature_fn(config, networks, info):
-  """Frozen backbone features of un-augmented images (BatchNorm in inference mode)."""
+  """(frozen backbone features, projector output z) of un-augmented images (BatchNorm in inference mode)."""
   def features(params, stats, images):
     x = step_lib.normalize(augment.eval_view(images, config.data.image_size), info['mean'], info['std'])
     model = nnx.merge(networks.online_eval, params, stats)
-    return model.tower.encoder(x)
+    return model.tower(x)
   return jax.jit(features)
 
 
@@ -110,21 +110,27 @@ def _gather(x):
 
 
 def extract_features(feature_fn, state, batches, mesh):
-  """Features and labels of every real (mask=True) example of `batches`, gathered on every process."""
-  feats, labels = [], []
+  """(features, labels, projections z) of every real (mask=True) example of `batches`, gathered on every
+  process."""
+  feats, labels, zs = [], [], []
   for b in batches:
-    f = feature_fn(state.params, state.batch_stats, shard_batch(mesh, b['image']))
+    f, z = feature_fn(state.params, state.batch_stats, shard_batch(mesh, b['image']))
     mask = _gather(b['mask'])
     feats.append(_gather(f)[mask])
+    zs.append(_gather(z)[mask])
     labels.append(_gather(b['label'])[mask])
-  return np.concatenate(feats), np.concatenate(labels)
+  return np.concatenate(feats), np.concatenate(labels), np.concatenate(zs)
 
 
 def run_evaluation(config, feature_fn, state, data, info, mesh) -> dict:
+  """Linear probe and kNN (train split -> test split), and the collapse indicators of the test split's
+  features and projector outputs (byol_jax/collapse.py)."""
   bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
-  ftrain, ytrain = extract_features(feature_fn, state, eval_batches(config, data, 'train', bs), mesh)
-  ftest, ytest = extract_features(feature_fn, state, eval_batches(config, data, 'test', bs), mesh)
-  return evaluate.evaluate_features(ftrain, ytrain, ftest, ytest, info['num_classes'], config.eval)
+  ftrain, ytrain, _ = extract_features(feature_fn, state, eval_batches(config, data, 'train', bs), mesh)
+  ftest, ytest, ztest = extract_features(feature_fn, state, eval_batches(config, data, 'test', bs), mesh)
+  result = evaluate.evaluate_features(ftrain, ytrain, ftest, ytest, info['num_classes'], config.eval)
+  result.update(collapse.collapse_stats(ftest, ztest))
+  return result
 
 
 def decided_by_process_0(flag: bool) -> bool:
@@ -271,6 +277,9 @@ def run(config, workdir: str) -> dict:
       'final_loss': float(metrics['loss']) if metrics is not None else None,
       'workdir': os.path.abspath(workdir),
   }
+  for key in collapse.KEYS:
+    summary[f'initial_{key}'] = (initial_eval or {}).get(key)
+    summary[f'final_{key}'] = (final_eval or {}).get(key)
   if main_process:
     plots.plot_run(records, workdir)
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -287,4 +296,11 @@ def summary_line(s: dict, config) -> str:
   minutes, seconds = divmod(int(s['seconds']), 60)
   return (f'byol_jax {config.method}/{config.predictor.kind} on {config.data.name}: {s["steps"]} steps in '
           f'{minutes}m{seconds:02d}s | linear probe top-1 {pair(s["initial_linear_probe_top1"], s["final_linear_probe_top1"])}'
-          f' | kNN top-1 {pair(s["initial_knn_top1"], s["final_knn_top1"])} | {s["workdir"]}')
+          f' | kNN top-1 {pair(s["initial_knn_top1"], s["final_knn_top1"])}{_collapse_part(s)} | {s["workdir"]}')
+
+
+def _collapse_part(s: dict) -> str:
+  spread, rank = s.get('final_z_std_times_sqrt_d'), s.get('final_z_effective_rank')
+  if spread is None or rank is None:
+    return ''
+  return f' | z_std*sqrt(d) {spread:.2f}, z eff. rank {rank:.1f}'

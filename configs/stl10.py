@@ -20,10 +20,14 @@ ARGS: comma-separated switches applied left to right, e.g. `configs/stl10.py:lin
   predictor   directpred (default) | linear | linear_sym | mlp | directcopy | none
   bias        linear predictor with bias          no_ema     EMA rate 0 (target = online after each step)
   simsiam     SimSiam target                      no_wd      weight decay 0 everywhere
-  wd_predictor_only  weight decay 4e-4 on the predictor only, 0 on the trunk
+  no_stop_grad  remove the stop-gradient on the target branch (SimSiam only: write simsiam,no_stop_grad)
+  wd_predictor_only  the trunk's weight decay on the predictor only, 0 on the trunk
+  wd<x>       weight decay x on trunk and predictor  tau<x>   constant EMA rate x (tau0 = no_ema)
   rho<x> eps<x> freq<n>  DirectPred knobs          cj<c>      Tbl 7: p_j = sqrt(max(s_j - c, 0))
   cumulative  F = running mean over all steps     alphap<x>  predictor lr multiplier (Fig. 6)
   epochs<n>   train n epochs                      seed<n>    the seed
+The same switches write the rows of a study (byol_jax/study.py, configs/study/); there `epochs<n>`
+scales the study's base steps by n/100 (the base stands for the paper's 100 epochs).
 
 Paper rows (STL-10, 100 epochs unless said; top-1 %) -> ARGS:
   Tbl 3 linear, EMA:     no bias sym 75.09 -> linear_sym;        no bias regular 74.51 -> linear
@@ -65,9 +69,13 @@ def _number(token, prefix):
     raise ValueError(f'config argument {token!r}: expected {prefix}<number>') from None
 
 
-def apply_ablations(c, arg, num_train, epochs=100):
-  """Applies the comma-separated switches of `arg` (see the docstring) and sets train.steps =
-  epochs * num_train // batch. Shared with configs/cifar10.py. Returns c."""
+def apply_switches(c, arg):
+  """Applies the comma-separated switches of `arg` (see the docstring) to c, left to right.
+
+  Returns the number of epochs asked for by an `epochs<n>` switch, or None; the caller decides what an
+  epoch is (apply_ablations: n passes over the data; byol_jax.study: n/100 of the study's base steps).
+  Raises ValueError naming an unknown or malformed switch."""
+  epochs = None
   for t in [t.strip() for t in (arg or '').split(',') if t.strip()]:
     if t in PREDICTORS:
       c.predictor.kind = PREDICTORS[t]
@@ -75,8 +83,11 @@ def apply_ablations(c, arg, num_train, epochs=100):
       c.predictor.use_bias = True
     elif t == 'no_ema':
       c.ema.tau_base = 0.0
+      c.ema.schedule = 'constant'  # a cosine schedule would raise tau from 0 to 1
     elif t == 'simsiam':
       c.method = 'simsiam'
+    elif t == 'no_stop_grad':
+      c.stop_gradient = False
     elif t == 'wd_predictor_only':
       c.predictor.weight_decay = c.optim.weight_decay
       c.optim.weight_decay = 0.0
@@ -96,13 +107,26 @@ def apply_ablations(c, arg, num_train, epochs=100):
       c.predictor.eps = -_number(t, 'cj')
     elif t.startswith('alphap'):
       c.predictor.lr_mult = _number(t, 'alphap')
+    elif t.startswith('wd'):
+      c.optim.weight_decay = _number(t, 'wd')
+      c.predictor.weight_decay = None  # the predictor follows the trunk
+    elif t.startswith('tau'):
+      c.ema.tau_base = _number(t, 'tau')
+      c.ema.schedule = 'constant'
     elif t.startswith('epochs'):
       epochs = int(_number(t, 'epochs'))
     elif t.startswith('seed'):
       c.seed = int(_number(t, 'seed'))
     else:
       raise ValueError(f'unknown config argument {t!r}; the switches are listed in configs/stl10.py')
-  c.train.steps = epochs * num_train // c.train.batch_size
+  return epochs
+
+
+def apply_ablations(c, arg, num_train, epochs=100):
+  """Applies the switches of `arg` (apply_switches) and sets train.steps = epochs * num_train // batch,
+  epochs from an `epochs<n>` switch or the default. Shared with configs/cifar10.py. Returns c."""
+  asked = apply_switches(c, arg)
+  c.train.steps = (asked if asked is not None else epochs) * num_train // c.train.batch_size
   return c
 
 

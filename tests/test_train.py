@@ -45,12 +45,16 @@ def test_end_to_end_run_writes_metrics_checkpoints_and_plots(reference_run):
   assert [r['step'] for r in evals] == [0, 6]  # the random initialisation and the end
   for r in evals:
     assert 0.0 <= r['linear_probe_top1'] <= 1.0 and 0.0 <= r['knn_top1'] <= 1.0
+    # collapse indicators of the test split (byol_jax/collapse.py): z is 16-d, the features 32-d
+    assert 1.0 <= r['z_effective_rank'] <= 16 and 1.0 <= r['feature_effective_rank'] <= 32
+    assert r['z_std_times_sqrt_d'] == pytest.approx(4.0 * r['z_std'])
   logged = [r for r in records if 'loss' in r]
   assert [r['step'] for r in logged] == [1, 2, 3, 4, 5, 6]
   for r in logged:
     assert {'loss', 'lr', 'tau', 'probe_top1'} <= set(r) and np.isfinite(r['loss'])
   assert all('images_per_sec' in r for r in logged[1:])
   assert summary['final_linear_probe_top1'] == evals[-1]['linear_probe_top1']
+  assert summary['initial_z_std'] == evals[0]['z_std'] and summary['final_z_effective_rank'] == evals[-1]['z_effective_rank']
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   for name in ('config.json', 'summary.json', 'loss.png', 'accuracy.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name

@@ -1,0 +1,29 @@
+"""Study: the predictor's relative learning rate alpha_p for SimSiam with a symmetric linear predictor
+(paper Fig. 6; theory Obs#1/#2).
+
+Command:  python -m byol_jax.study --config=configs/study/alpha_p.py --workdir=runs/study/alpha_p
+GPU:      --config=configs/study/alpha_p.py:stl10 (or :cifar10), i.e. configs/stl10.py:<args> per row.
+
+SimSiam (no EMA: the target is the online projection under stop-gradient), symmetric linear predictor
+without bias, predictor lr = alpha_p x trunk lr. The paper shows (Fig. 6, no numbers in the text) that with
+no EMA a symmetric W_p collapses at alpha_p = 1 and works for alpha_p > 1 on STL-10 and CIFAR-10. The
+closest number in its tables: BYOL without EMA and a symmetric linear predictor, alpha_p = 1: 36.62
+(Tbl 3), beside the alphap1 row. The theory (theory/, notebooks/05_alpha_p_sweep.ipynb): a larger alpha_p
+lets more modes escape collapse (Obs#1) but lets s_j grow less (Obs#2).
+
+Rows:
+  alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)
+  alphap2    linear_sym,simsiam,alphap2
+  alphap5    linear_sym,simsiam,alphap5
+  alphap10   linear_sym,simsiam,alphap10
+"""
+from byol_jax.config import load_config_module
+
+STEPS = 300  # sized in docs/study.md
+
+ROWS = {f'alphap{a}': f'linear_sym,simsiam,alphap{a}' for a in (1, 2, 5, 10)}
+PAPER = {'alphap1': (36.62, 'Tbl 3 linear sym, no EMA (BYOL; closest to SimSiam alpha_p 1)')}
+
+
+def get_config(arg=None):
+  return load_config_module(__file__, '_base.py').study('alpha_p', arg, STEPS, ROWS, PAPER)

@@ -1,0 +1,32 @@
+"""Study: the real network's collapse map over weight decay x EMA rate (the theory's Fig. 5 / eta_c, on the
+network), symmetric linear predictor, 1 seed.
+
+Command:  python -m byol_jax.study --config=configs/study/phase_diagram.py --workdir=runs/study/phase_diagram
+GPU:      --config=configs/study/phase_diagram.py:stl10 (or :cifar10).
+
+Weight decay wd (trunk and predictor) in {0, 4e-4, 4e-3, 4e-2} x constant EMA rate tau in {0 (no EMA), 0.9,
+0.99, 0.996}: 16 rows `linear_sym,wd<wd>,tau<tau>`. The theory (paper Sec. 4, Obs#5; theory/ode.py) puts
+the collapse of every mode above eta_c = tau^2 / (4 (1 + sigma^2)) with eta = wd / lr: at lr 0.03 that is
+wd > ~7.5e-3 / (1 + sigma^2), between the two largest wd of the grid; a slower EMA (tau -> 1 with the
+target initialised independently) enlarges the collapse region (Obs#10, notebooks/03). Paper numbers on
+the grid's edges: linear sym, no EMA, wd 4e-4 (row wd4e-4_tau0): 36.62 (Tbl 3, collapsed); wd 4e-4, tau
+0.996: 75.09 (Tbl 3); no wd, no EMA (wd0_tau0): 43.04 (Tbl 5); no wd, tau 0.996 (wd0_tau0p996): 71.76
+(Tbl 5). The verdict column of results.md is the map; no paper row exists for the other cells.
+"""
+from byol_jax.config import load_config_module
+
+STEPS = 300  # sized in docs/study.md
+
+WEIGHT_DECAYS = ('0', '4e-4', '4e-3', '4e-2')
+TAUS = ('0', '0.9', '0.99', '0.996')
+ROWS = {f'wd{wd}_tau{tau.replace(".", "p")}': f'linear_sym,wd{wd},tau{tau}' for wd in WEIGHT_DECAYS for tau in TAUS}
+PAPER = {
+    'wd4e-4_tau0': (36.62, 'Tbl 3 linear sym, no EMA'),
+    'wd4e-4_tau0p996': (75.09, 'Tbl 3 linear sym, EMA'),
+    'wd0_tau0': (43.04, 'Tbl 5 no wd, no EMA, sym'),
+    'wd0_tau0p996': (71.76, 'Tbl 5 no wd, EMA, sym'),
+}
+
+
+def get_config(arg=None):
+  return load_config_module(__file__, '_base.py').study('phase_diagram', arg, STEPS, ROWS, PAPER, seeds=1)

@@ -1,0 +1,219 @@
+"""The study runner (byol_jax/study.py), the collapse indicators and rule (byol_jax/collapse.py), and the
+configs/stl10.py switch language the study rows are written in.
+
+Runs use configs/study/tiny.py (synthetic data, width 4, 16 px, 4 steps, one device)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from byol_jax import collapse, study as study_lib
+from byol_jax import config as config_lib
+from byol_jax.config import load_config_module
+from byol_jax.logging_utils import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STL10 = load_config_module(os.path.join(ROOT, 'configs', 'x.py'), 'stl10.py')
+
+
+def tiny_study(**overrides):
+  c = load_config_module(os.path.join(ROOT, 'configs', 'study', 'x.py'), 'tiny.py').get_config()
+  with c.unlocked():
+    for key, value in overrides.items():
+      config_lib.override(c, {key: value})
+  return c
+
+
+def study_cli(workdir, *args):
+  cmd = [sys.executable, '-m', 'byol_jax.study', '--config=configs/study/tiny.py', f'--workdir={workdir}', *args]
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# ---------------------------------------------------------------------------------------- collapse.py
+def test_effective_rank_of_known_matrices():
+  rng = np.random.default_rng(0)
+  u = rng.normal(size=(500, 1))
+  assert collapse.effective_rank(u @ rng.normal(size=(1, 32))) == pytest.approx(1.0, abs=1e-3)   # rank 1
+  q, _ = np.linalg.qr(rng.normal(size=(500, 32)))  # orthonormal columns: 32 equal singular values
+  assert collapse.effective_rank(q) == pytest.approx(32.0, rel=1e-4)                              # isotropic
+  assert collapse.effective_rank(q[:, :5] @ q[:, :5].T[:5]) == pytest.approx(5.0, rel=1e-3)      # 5 equal
+  assert collapse.effective_rank(np.eye(16) * 3.0) == pytest.approx(16.0, rel=1e-4)              # scale-free
+  assert collapse.effective_rank(np.zeros((10, 4))) == 0.0
+  # Uncentred: every example the same vector (complete collapse) reads 1, whatever the offset.
+  assert collapse.effective_rank(np.ones((100, 8)) * rng.normal(size=8)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_normalized_std_spread_and_collapsed():
+  rng = np.random.default_rng(1)
+  d = 16
+  spread = collapse.collapse_stats(rng.normal(size=(20_000, 8)), rng.normal(size=(20_000, d)))
+  chex.assert_trees_all_close(spread['z_std_times_sqrt_d'], 1.0, atol=0.02)  # isotropic: 1/sqrt(d) per dim
+  chex.assert_trees_all_close(spread['z_std'], 1.0 / np.sqrt(d), atol=0.005)
+  assert spread['z_effective_rank'] > 15 and spread['feature_effective_rank'] > 7.5
+  same = np.tile(rng.normal(size=(1, d)), (100, 1)) * rng.uniform(0.5, 2.0, size=(100, 1))  # one direction
+  collapsed = collapse.collapse_stats(rng.normal(size=(100, 8)), same)
+  assert collapsed['z_std_times_sqrt_d'] < 1e-6 and collapsed['z_effective_rank'] == pytest.approx(1.0, abs=1e-3)
+  assert set(collapsed) == set(collapse.KEYS)
+
+
+def test_collapse_verdict_thresholds():
+  spread, rank = collapse.Z_STD_THRESHOLD, collapse.Z_RANK_THRESHOLD
+  assert collapse.collapse_verdict({'z_std_times_sqrt_d': 0.7, 'z_effective_rank': 40.0})[0] is False
+  assert collapse.collapse_verdict({'z_std_times_sqrt_d': spread / 2, 'z_effective_rank': 40.0})[0] is True
+  assert collapse.collapse_verdict({'z_std_times_sqrt_d': 0.7, 'z_effective_rank': rank / 1.5})[0] is True
+  # A summary's final_* keys, and z_std with d from a config.
+  cfg = config_lib.base_config()
+  got, reason = collapse.collapse_verdict({'final_z_std': 0.001, 'final_z_effective_rank': 30.0}, cfg)
+  assert got and 'z_std' in reason
+  assert collapse.collapse_verdict({'final_z_std_times_sqrt_d': float('nan')})[0] is True
+  assert collapse.collapse_verdict({'linear_probe_top1': 0.8}) == (False, 'not measured')
+
+
+# ---------------------------------------------------------------------------- configs/stl10.py switches
+def test_switches_shared_by_stl10_and_studies():
+  c = config_lib.base_config()
+  assert STL10.apply_switches(c, 'linear_sym,no_ema,wd1e-3,epochs300') == 300
+  assert (c.predictor.kind, c.ema.tau_base, c.ema.schedule, c.optim.weight_decay) == (
+      'linear_symmetric', 0.0, 'constant', 1e-3)
+  c = config_lib.base_config()
+  assert STL10.apply_switches(c, 'mlp,simsiam,no_stop_grad,tau0.9') is None
+  assert (c.method, c.stop_gradient, c.ema.tau_base) == ('simsiam', False, 0.9)
+  with pytest.raises(ValueError, match='unknown config argument'):
+    STL10.apply_switches(config_lib.base_config(), 'mlp,bogus')
+  assert STL10.get_config('').train.steps == 100 * 105_000 // 128
+  assert STL10.get_config('linear,epochs300').train.steps == 300 * 105_000 // 128
+
+
+def test_study_rows_in_file_order_and_epochs_scale_the_base_steps():
+  c = tiny_study()
+  with c.unlocked():
+    c.rows = type(c.rows)({'zz': 'mlp', 'aa': 'none,epochs300'})
+    c.paper = type(c.rows)()
+  runs = study_lib.plan(c, '', 1)
+  assert [(r['row'], r['seed']) for r in runs] == [('zz', 0), ('aa', 0), ('zz', 1), ('aa', 1)]  # seed-major
+  assert [r['config'].train.steps for r in runs] == [4, 12, 4, 12]
+  assert [r['config'].seed for r in runs] == [0, 0, 1, 1]  # seed k: base seed + k
+  assert all(not r['config'].train.progress_bar for r in runs)
+
+
+@pytest.mark.parametrize('overrides, rows, message', [
+    ({'seeds': 0}, '', 'seeds=0'),
+    ({'rows.none': 'none,bogus'}, '', "row 'none'"),
+    ({'rows.none': 'none,eps-1'}, '', "row 'none'.*predictor.eps"),
+    ({}, 'mlp,nope', "--rows: 'nope'"),
+])
+def test_bad_study_configs_are_refused_before_any_run(tmp_path, overrides, rows, message):
+  with pytest.raises(study_lib.StudyError, match=message):
+    study_lib.run_study(tiny_study(**overrides), str(tmp_path), rows)
+  assert not os.listdir(tmp_path)
+
+
+def test_bad_study_config_fails_with_one_line(tmp_path):
+  proc = study_cli(str(tmp_path / 's'), '--config.seeds=0')
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 2, out
+  lines = [l for l in out.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and 'seeds=0' in lines[0] and 'tiny.py' in lines[0], out
+  assert 'Traceback' not in out and not (tmp_path / 's').exists()
+
+
+# ------------------------------------------------------------------------------------------ the runner
+@pytest.fixture(scope='module')
+def reference_study(tmp_path_factory):
+  """An uninterrupted tiny study (2 rows x 2 seeds x 4 steps), in process."""
+  workdir = str(tmp_path_factory.mktemp('study_ref'))
+  outcome = study_lib.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
+  return workdir, outcome
+
+
+def _final_evals(workdir, row, seeds=2):
+  evals = []
+  for k in range(seeds):
+    records = read_metrics(os.path.join(workdir, row, f'seed{k}', 'metrics.jsonl'))
+    evals.append([r for r in records if 'linear_probe_top1' in r and r['step'] == 4][-1])
+  return evals
+
+
+def test_results_json_equals_the_runs_own_metrics(reference_study):
+  workdir, outcome = reference_study
+  assert outcome['ran'] == 4 and not outcome['preempted']
+  res = json.load(open(os.path.join(workdir, 'results.json')))
+  assert res['study'] == 'tiny' and res['seeds'] == 2 and list(res['rows']) == ['mlp', 'none']
+  for row in ('mlp', 'none'):
+    evals = _final_evals(workdir, row)
+    for key in ('linear_probe_top1', 'knn_top1', 'z_effective_rank', 'z_std_times_sqrt_d'):
+      values = [e[key] for e in evals]
+      got = res['rows'][row][key]
+      chex.assert_trees_all_close(got['per_seed'], values)
+      chex.assert_trees_all_close(got['mean'], np.mean(values), rtol=1e-12)
+      chex.assert_trees_all_close(got['std'], np.std(values, ddof=1), rtol=1e-9)  # sample std over seeds
+    assert res['rows'][row]['seeds_done'] == [0, 1] and res['rows'][row]['args'] == row
+  assert res['rows']['mlp']['paper'] == 78.53 and res['rows']['none']['paper'] is None
+  md = open(os.path.join(workdir, 'results.md')).read()
+  assert '| mlp | `mlp` | 78.53' in md and '| none | `none` | - |' in md
+  assert os.path.getsize(os.path.join(workdir, 'results.png')) > 10_000
+  assert os.path.exists(os.path.join(workdir, 'none', 'seed1', 'checkpoints'))  # ordinary run folders
+
+
+def test_second_invocation_skips_finished_runs(reference_study):
+  workdir, _ = reference_study
+  paths = [os.path.join(workdir, r, f'seed{k}', 'metrics.jsonl') for r in ('mlp', 'none') for k in (0, 1)]
+  before = [os.stat(p).st_mtime_ns for p in paths]
+  outcome = study_lib.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
+  assert (outcome['ran'], outcome['skipped']) == (0, 4)
+  assert [os.stat(p).st_mtime_ns for p in paths] == before
+  # One seed of a subset, and a changed config in the same folder is refused.
+  assert study_lib.run_study(tiny_study(seeds=1), workdir, 'none', out=open(os.devnull, 'w'))['ran'] == 0
+  with pytest.raises(study_lib.StudyError, match='holds a run of another config.*optim.lr'):
+    study_lib.run_study(tiny_study(**{'base.optim.lr': 0.5}), workdir, out=open(os.devnull, 'w'))
+
+
+def test_killed_study_resumes_to_the_same_numbers(reference_study, tmp_path):
+  ref_dir, _ = reference_study
+  workdir = str(tmp_path / 'study')
+  first, second = os.path.join(workdir, 'mlp', 'seed0'), os.path.join(workdir, 'none', 'seed0')
+  proc = study_cli(workdir)
+  t0 = time.time()
+  second_finished = None
+  while proc.poll() is None and time.time() - t0 < 300:  # SIGKILL inside the second run, after its checkpoint 2
+    if os.path.exists(os.path.join(first, 'summary.json')) and os.path.isdir(os.path.join(second, 'checkpoints', '2')):
+      proc.send_signal(signal.SIGKILL)
+      second_finished = os.path.exists(os.path.join(second, 'summary.json'))
+      break
+    time.sleep(0.005)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == -signal.SIGKILL, out
+  assert not os.path.exists(os.path.join(workdir, 'mlp', 'seed1'))
+  proc = study_cli(workdir)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  done_before = 2 if second_finished else 1
+  assert f'{done_before} of 4 runs already finished' in out and 'study tiny: 4/4 runs done' in out, out
+  if not second_finished:  # killed mid-run (the usual case): the second run resumed from its checkpoint
+    assert 'Resuming from step 2' in open(os.path.join(second, 'log.txt')).read()
+  got = json.load(open(os.path.join(workdir, 'results.json')))['rows']
+  ref = study_lib.collect(tiny_study(), ref_dir)['rows']  # (another test rewrote its results.json for 1 seed)
+  for row in ('mlp', 'none'):
+    for key in ('linear_probe_top1', 'knn_top1', 'z_std_times_sqrt_d'):
+      chex.assert_trees_all_close(got[row][key]['per_seed'], ref[row][key]['per_seed'], atol=1e-6)
+
+
+def test_collapse_rule_flags_no_predictor_and_not_the_two_layer_predictor(tmp_path):
+  # Synthetic data, width 4, d = 16, lr 0.1, batch 64, 40 steps: without a predictor z_std*sqrt(d) falls from
+  # ~0.24 (random network) to ~0.03 and z's effective rank to ~1.7; with the 2-layer predictor it rises to
+  # ~0.7 (docs/study.md, "The collapse rule", has these runs and the Fashion-MNIST ones).
+  c = tiny_study(seeds=1, **{'base.train.steps': 40, 'base.train.batch_size': 64, 'base.optim.lr': 0.1,
+                             'base.train.eval_at_start': False, 'base.train.checkpoint_every': 40,
+                             'base.train.log_every': 10, 'base.data.num_train': 1024,
+                             'base.data.num_test': 512, 'base.eval.batch_size': 256})
+  res = study_lib.run_study(c, str(tmp_path), out=open(os.devnull, 'w'))['results']['rows']
+  assert res['none']['collapsed'] is True, res['none']
+  assert res['mlp']['collapsed'] is False, res['mlp']
+  assert res['none']['z_std_times_sqrt_d']['mean'] < collapse.Z_STD_THRESHOLD / 2
+  assert res['mlp']['z_std_times_sqrt_d']['mean'] > 4 * collapse.Z_STD_THRESHOLD
