@@ -552,6 +552,7 @@ def main(argv):
   from ml_collections import config_flags
   name = os.path.basename(config_flags.get_config_filename(FLAGS['config']))
   try:
+    config_lib.set_cpu_devices(FLAGS.config.base)  # before JAX starts
     outcome = run_study(FLAGS.config, FLAGS.workdir, FLAGS.rows)
   except (StudyError, config_lib.ConfigError, FileNotFoundError) as e:
     print(f'error: study {name}: {e}', file=sys.stderr)
