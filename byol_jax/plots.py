@@ -1,4 +1,5 @@
-"""PNG plots of a run, drawn from its metrics.jsonl: loss, probe accuracy, spectra of F and W_p."""
+"""PNG plots of a run, drawn from its metrics.jsonl: loss, probe accuracy, spectra of F and W_p, and (for
+linear-type predictors) the spectra beside the theory (byol_jax.real_vs_theory: real_vs_theory.png/.json)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from byol_jax import real_vs_theory  # noqa: E402
 
 
 def _series(records, key):
@@ -55,6 +58,7 @@ def plot_run(records: list[dict], workdir: str) -> list[str]:
     for ax in axes:
       ax.grid(alpha=0.3)
     written.append(_save(fig, workdir, 'spectra.png'))
+    written += real_vs_theory.write(records, workdir)[0]
   return written
 
 

@@ -18,7 +18,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from byol_jax import checkpoint, collapse, config as config_lib, evaluate, optim, plots, spectral, state as state_lib
+from byol_jax import checkpoint, collapse, config as config_lib, evaluate, optim, plots, real_vs_theory, spectral
+from byol_jax import state as state_lib
 from byol_jax import step as step_lib
 from byol_jax.data import augment, sources
 from byol_jax.logging_utils import MetricsLog, progress_bar, read_metrics
@@ -282,6 +283,12 @@ def run(config, workdir: str) -> dict:
     summary[f'final_{key}'] = (final_eval or {}).get(key)
   if main_process:
     plots.plot_run(records, workdir)
+    rvt = real_vs_theory.from_records(records)  # linear-type predictors: the spectra beside the theory
+    if rvt is not None:
+      s = real_vs_theory.summarize(rvt)
+      summary['real_vs_theory'] = {k: s[k] for k in ('loglog_slope', 'loglog_r2', 'asymmetry_final',
+                                                      'alignment_topk_final', 'top_k', 'modes_used',
+                                                      'loglog_slope_topk', 'loglog_r2_topk')}
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
     print(summary_line(summary, config), flush=True)

@@ -16,7 +16,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
 
 def test_notebooks_exist():
   names = [os.path.basename(p) for p in NOTEBOOKS]
-  for prefix in ('01_', '02_', '03_', '04_', '05_'):
+  for prefix in ('01_', '02_', '03_', '04_', '05_', '06_'):
     assert any(n.startswith(prefix) for n in names), names
 
 
@@ -28,7 +28,7 @@ def test_notebook_runs_and_plots(path, tmp_path, monkeypatch):
   for cell in nb.cells:  # run from a clean slate, not the stored outputs
     if cell.cell_type == 'code':
       cell.outputs = []
-  client = NotebookClient(nb, timeout=120, kernel_name='python3',
+  client = NotebookClient(nb, timeout=300, kernel_name='python3',
                           resources={'metadata': {'path': os.path.dirname(path)}})
   client.execute()  # raises CellExecutionError on any failing cell (the notebooks assert their story)
   images = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs

@@ -71,6 +71,13 @@ def test_training_reduces_the_loss(tmp_path):
   train.run(c, str(tmp_path))
   losses = losses_by_step(str(tmp_path))
   assert np.mean([losses[35], losses[40]]) < 0.7 * np.mean([losses[5], losses[10]]), losses
+  # A linear predictor's spectra beside the theory: real_vs_theory.png/.json and keys in summary.json.
+  assert os.path.getsize(tmp_path / 'real_vs_theory.png') > 5000
+  rvt = json.load(open(tmp_path / 'real_vs_theory.json'))
+  assert rvt['steps_logged'] == [10, 20, 30, 40] and rvt['predictor_kind'] == 'linear'
+  assert rvt['modes'] == 16 and 0 <= rvt['alignment_topk_final'] <= 1 and rvt['asymmetry_final'] >= 0
+  summary = json.load(open(tmp_path / 'summary.json'))
+  assert summary['real_vs_theory']['asymmetry_final'] == rvt['asymmetry_final']
 
 
 def test_directpred_run_logs_spectra(tmp_path):
@@ -83,6 +90,10 @@ def test_directpred_run_logs_spectra(tmp_path):
     np.testing.assert_allclose(r['alignment'], 1.0, atol=1e-3)  # W_p is built in F's eigenbasis
     assert max(r['predictor_eigenvalues']) == pytest.approx(1.1, abs=1e-3)  # 1 + eps
   assert (tmp_path / 'spectra.png').exists()
+  # DirectPred's p_j = sqrt(s_j / s_max) + eps holds by construction: the summary checks it.
+  assert (tmp_path / 'real_vs_theory.png').exists()
+  rvt = json.load(open(tmp_path / 'real_vs_theory.json'))
+  assert rvt['construction_max_abs_error'] < 1e-3 and rvt['alignment_topk_final'] == pytest.approx(1.0, abs=1e-3)
 
 
 def _kill_when(proc, workdir, condition, sig, timeout=300):
