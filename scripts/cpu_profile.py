@@ -50,7 +50,8 @@ def hlo_ops(hlo_dir):
 
 def category(name, shape, opcode, op_name, root, batch):
   if 'convolution' in (opcode, root):
-    if shape.split('[')[1].split(',')[0] != batch:  # kernel-shaped: [C_in, kh, kw, C_out] or [kh, kw, ...]
+    # Kernel-shaped ([C_in, kh, kw, C_out]), or XLA dropped the op name (weight gradients of models/conv.py).
+    if shape.split('[')[1].split(',')[0] != batch or not op_name:
       return 'convolution weight gradient'
     return 'convolution input gradient' if 'transpose(' in op_name else 'convolution forward'
   if 'dot' in (opcode, root):

@@ -15,10 +15,11 @@ The same function as byol_jax's step, layer by layer:
   (flax's 0.9), scale 1 at init everywhere (no zero-init of the last BN of a block);
 - projector 256-512-128 and predictor 128-512-128: Linear, BatchNorm1d(affine=False), ReLU, Linear;
 - EMA target = backbone + projector, a copy of the online one at init, updated with byol_jax's cosine tau
-  schedule (tau_base 0.99 over 550 steps); the target's BatchNorm keeps its own running statistics;
+  schedule (tau_base 0.99 over 2200 steps); the target's BatchNorm keeps its own running statistics;
 - loss: symmetric BYOL, mean over the batch of (2 - 2cos(p1, t2)) + (2 - 2cos(p2, t1));
 - online linear probe (256 -> 10) on detached features of view 1, cross-entropy, added to the loss;
-- SGD momentum 0.9: trunk and predictor lr 0.05, weight decay 4e-4 on every parameter (config
+- SGD momentum 0.9: trunk and predictor lr 0.1 with 100 warmup steps and a cosine decay to 0 at step 2200
+  (torch.optim.lr_scheduler.LambdaLR, as optax.warmup_cosine_decay_schedule), weight decay 4e-4 on every parameter (config
   optim.decay_bias_and_norm=True); the probe lr 0.1 (eval.online_probe_lr), no weight decay, as
   byol_jax/optim.py does;
 - views: byol_jax runs both views as one batch of 2B with per-view BatchNorm statistics (models/norm.py),
@@ -113,7 +114,17 @@ class Tower(nn.Module):
         return f, self.projector(f)
 
 
-def tau(step, base=0.99, total=550):
+STEPS, WARMUP, LR = 2200, 100, 0.1  # configs/fashion_mnist.py
+
+
+def lr_factor(step, warmup=WARMUP, total=STEPS):
+    """byol_jax's warmup + cosine learning rate (schedules.learning_rate) over its peak."""
+    if step < warmup:
+        return step / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+
+
+def tau(step, base=0.99, total=STEPS):
     """byol_jax's cosine EMA schedule (schedules.tau)."""
     return 1 - (1 - base) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
@@ -129,15 +140,17 @@ def build(channels_last=False):
     opt = torch.optim.SGD([
         {'params': list(online.parameters()) + list(predictor.parameters())},
         {'params': probe.parameters(), 'lr': 0.1, 'weight_decay': 0.0},  # the online probe: no decay
-    ], lr=0.05, momentum=0.9, weight_decay=4e-4)
-    return online, target, predictor, probe, opt
+    ], lr=LR, momentum=0.9, weight_decay=4e-4)
+    # The trunk and predictor follow the schedule; the probe keeps its constant 0.1.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lr_factor, lambda step: 1.0])
+    return online, target, predictor, probe, opt, sched
 
 
 def byol_loss(p, z):
     return 2 - 2 * F.cosine_similarity(p, z, dim=-1)
 
 
-def train_step(online, target, predictor, probe, opt, x1, x2, labels, k, views='separate'):
+def train_step(online, target, predictor, probe, opt, sched, x1, x2, labels, k, views='separate'):
     """One optimizer step k; returns (BYOL loss, probe loss)."""
     if views == 'separate':
         (f1, z1), (_, z2) = online(x1), online(x2)
@@ -155,6 +168,7 @@ def train_step(online, target, predictor, probe, opt, x1, x2, labels, k, views='
     opt.zero_grad(set_to_none=True)
     (ssl_loss + probe_loss).backward()
     opt.step()
+    sched.step()
     t = tau(k)
     with torch.no_grad():
         for po, pt in zip(online.parameters(), target.parameters()):
@@ -179,7 +193,7 @@ def check(path, views='separate'):
     import numpy as np
     torch.set_num_threads(1)
     ref = np.load(path)
-    online, target, predictor, probe, opt = build()
+    online, target, predictor, probe, opt, sched = build()
     named = [('tower', online, 'p'), ('predictor', predictor, 'p'), ('probe', probe, 'p'), ('tower', target, 't')]
     params = [(p, jax_path(net, n, p.ndim), kind) for net, m, kind in named for n, p in m.named_parameters()]
 
@@ -193,7 +207,7 @@ def check(path, views='separate'):
             p.copy_(as_torch(ref['p0/' + j]))
     nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
     x1, x2, labels = nchw(ref['view1']), nchw(ref['view2']), torch.from_numpy(ref['label']).long()
-    losses = [[float(v) for v in train_step(online, target, predictor, probe, opt, x1, x2, labels, k, views)]
+    losses = [[float(v) for v in train_step(online, target, predictor, probe, opt, sched, x1, x2, labels, k, views)]
               for k in range(2)]
     param_err = max((p.detach() - as_torch(ref[('p2/' if kind == 'p' else 't2/') + (j if kind == 'p' else
                      j.removeprefix('tower/'))])).abs().max().item() for p, j, kind in params)
@@ -234,13 +248,13 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    online, target, predictor, probe, opt = build(a.channels_last)
+    online, target, predictor, probe, opt, sched = build(a.channels_last)
     n_params = sum(p.numel() for m in (online, predictor, probe) for p in m.parameters())
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     x1 = torch.randn(a.batch, 1, 28, 28).contiguous(memory_format=fmt)
     x2 = torch.randn(a.batch, 1, 28, 28).contiguous(memory_format=fmt)
     labels = torch.randint(0, 10, (a.batch,))
-    nets = (online, target, predictor, probe, opt)
+    nets = (online, target, predictor, probe, opt, sched)
     k = 0
     for _ in range(a.warmup):
         train_step(*nets, x1, x2, labels, k, a.views)
