@@ -42,12 +42,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from byol_jax import config as config_lib, optim, state as state_lib, step as step_lib
+from byol_jax import cli, config as config_lib, optim, state as state_lib, step as step_lib
 from byol_jax.data import augment, sources
 
-config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Config file.', lock_config=True)
+cli.define_config_file('configs/fashion_mnist.py', 'Config file.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
 flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
@@ -282,4 +281,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

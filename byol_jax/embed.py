@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from byol_jax import cli
+
 flags.DEFINE_string('workdir', None, 'A training run directory (holds config.json and checkpoints/).')
 flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Which split to embed.')
 flags.DEFINE_string('out', None, 'Output .npz path.')
@@ -62,4 +64,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # no --config: the run's config.json

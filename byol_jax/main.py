@@ -10,12 +10,13 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from byol_jax import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
                               'fashion_mnist.py')
 
-config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file (ml_collections).', lock_config=True)
+cli.define_config_file(DEFAULT_CONFIG, 'Config file (ml_collections).')
 flags.DEFINE_string('workdir', 'runs/default', 'Where checkpoints, metrics and plots go; reused to resume.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -21,9 +21,10 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file('config', None, 'Path to a configs/theory/*.py file.', lock_config=True)
+from byol_jax import cli
+
+cli.define_config_file(None, 'Path to a configs/theory/*.py file.')
 flags.DEFINE_string('workdir', None, 'Output directory.')
 FLAGS = flags.FLAGS
 
@@ -116,6 +117,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError('--config and --workdir are required')
+  from theory import config as config_lib
+  try:  # bad values: one line naming the field (run() raises the same ValueError when called from Python)
+    config_lib.validate(FLAGS.config)
+  except ValueError as e:
+    cli.fail(str(e))
   summary = run(FLAGS.config, FLAGS.workdir)
   logging.info('summary: %s', json.dumps(summary))
   print(json.dumps({k: summary[k] for k in ('critical_eta', 'fixed_points_tau1', 'collapsed_ode')}))
@@ -124,4 +130,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
