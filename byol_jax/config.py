@@ -12,7 +12,7 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from byol_jax import spectral
+from byol_jax import evaluate, spectral
 from byol_jax.models import resnet
 
 METHODS = ('byol', 'simsiam')
@@ -100,7 +100,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.online_probe_lr = 0.1  # the online probe on stop-gradient features, trained with SGD
-  c.eval.probe_epochs = 50      # offline linear probe on frozen standardised features (Adam)
+  # Offline linear probe on frozen standardised features (byol_jax/evaluate.py). 'lbfgs': full-batch L-BFGS to the
+  # optimum of mean CE + ||W||^2 / (2 probe_c N_train), i.e. sklearn's LogisticRegression(C=probe_c), converged and
+  # deterministic; 'adam': the paper's protocol (probe_epochs ... probe_weight_decay), not converged.
+  c.eval.probe_solver = 'lbfgs'
+  c.eval.probe_c = 0.1          # lbfgs: sklearn's C (inverse L2 strength); near the best at 10k-60k examples
+  c.eval.probe_max_iter = 1000  # lbfgs: iteration cap (~250 iterations on 60k x 256 Fashion-MNIST features)
+  c.eval.probe_tol = 1e-5       # lbfgs: stop when the gradient norm of the objective is below this
+  c.eval.probe_epochs = 50      # adam (paper): epochs, batch, lr, torch-style L2 weight decay
   c.eval.probe_batch_size = 128
   c.eval.probe_lr = 3e-4
   c.eval.probe_weight_decay = 1e-3
@@ -196,3 +203,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(0 <= c.optim.warmup_steps < c.train.steps or c.optim.schedule == 'constant',
          'optim.warmup_steps must be smaller than train.steps')
   _check(c.eval.knn_k > 0 and c.eval.probe_epochs > 0, 'eval.knn_k and eval.probe_epochs must be positive')
+  _check(c.eval.probe_solver in evaluate.PROBE_SOLVERS,
+         f"eval.probe_solver={c.eval.probe_solver!r}; use 'lbfgs' (converged) or 'adam' (the paper's protocol)")
+  _check(c.eval.probe_c > 0, f'eval.probe_c={c.eval.probe_c} must be positive (sklearn C: smaller is stronger L2)')
+  _check(c.eval.probe_max_iter > 0 and c.eval.probe_tol > 0, 'eval.probe_max_iter and eval.probe_tol must be positive')

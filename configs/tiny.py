@@ -24,9 +24,6 @@ def get_config():
   c.model.projector_hidden = 32
   c.model.projector_dim = 16
   c.predictor.hidden = 32
-  c.eval.probe_epochs = 3
-  c.eval.probe_batch_size = 64
-  c.eval.probe_lr = 1e-2
   c.eval.knn_k = 10
   c.eval.batch_size = 128
   return c

@@ -24,6 +24,7 @@ def _run(module, *args):
                                                          "did you mean 'train.steps'?"]),
     ('byol_jax.main', [TINY, '--config.train.steps=abc'], ['train.steps takes an int', "'abc'"]),
     ('byol_jax.main', ['--config=configs/missing.py'], ["config file 'configs/missing.py' not found"]),
+    ('byol_jax.main', [TINY, '--config.eval.probe_solver=sgd'], ["eval.probe_solver='sgd'", "'lbfgs'"]),  # validate()
     ('byol_jax.bench', ['--config.train.stepz=1'], ["unknown config key 'train.stepz'", "'train.steps'"]),
     ('byol_jax.bench', [TINY, '--config.optim.lr=fast'], ['optim.lr takes a float', "'fast'"]),
     ('byol_jax.embed', ['--config.train.steps=1'], ["Unknown command line flag 'config.train.steps'"]),

@@ -39,10 +39,10 @@ def test_standardize_uses_train_statistics():
   np.testing.assert_allclose(b[:, 1], te[:, 1], atol=1e-6)
 
 
-# All probe tests share train shape (1000, 32), 5 classes, batch 128 and lr 1e-2, so the jitted
+# All Adam probe tests share train shape (1000, 32), 5 classes, batch 128 and lr 1e-2, so the jitted
 # epoch function is compiled once (keeps this file fast). 1000 % 128 != 0: the padded last batch
 # is exercised everywhere.
-PROBE = dict(batch_size=128, learning_rate=1e-2)
+PROBE = dict(solver="adam", batch_size=128, learning_rate=1e-2)
 
 
 def test_linear_probe_separable_clusters():
@@ -78,6 +78,68 @@ def test_linear_probe_deterministic_and_partial_batches():
   r3 = ev.linear_probe(xtr, ytr, xte, yte, 5, epochs=3, seed=5, **PROBE)
   assert r1 == r2
   assert r1["test_top1_per_epoch"] != r3["test_top1_per_epoch"]
+
+
+def _mixture(n_train=2000, n_test=1000, dim=32, num_classes=10, seed=0):
+  """Overlapping Gaussian classes: no separating hyperplane, so the logistic optimum is finite."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(num_classes, dim)) * 0.6
+
+  def sample(n):
+    y = rng.integers(0, num_classes, n)
+    x = centers[y] + rng.normal(size=(n, dim)) * np.linspace(0.5, 2.0, dim)  # unequal scales
+    x[:, 1] = x[:, 0] + 0.05 * x[:, 1]  # two nearly collinear features: an ill-conditioned problem
+    return x.astype(np.float32), y
+
+  return (*sample(n_train), *sample(n_test))
+
+
+def _objective64(theta, x, y, num_classes, l2):
+  """The probe objective and its gradient in float64 numpy (theta = [W.ravel(), b])."""
+  n, d = x.shape
+  w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+  z = x @ w + b
+  z = z - z.max(axis=1, keepdims=True)
+  p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+  onehot = np.eye(num_classes)[y]
+  loss = -np.mean(np.sum(onehot * np.log(p), axis=1)) + 0.5 * l2 * np.sum(w ** 2)
+  gz = (p - onehot) / n
+  return loss, np.concatenate([(x.T @ gz + l2 * w).ravel(), gz.sum(axis=0)])
+
+
+@pytest.mark.parametrize("c", [0.05, 5.0])
+def test_lbfgs_probe_reaches_the_optimum(c):
+  import scipy.optimize
+  xtr, ytr, xte, yte = _mixture()
+  r = ev.linear_probe(xtr, ytr, xte, yte, 10, solver="lbfgs", c=c, max_iter=1000, tol=1e-5)
+  assert r["grad_norm"] < 1e-5 and r["iterations"] < 1000
+  l2 = 1 / (c * len(xtr))  # sklearn's C on 2000 examples
+  assert r["l2"] == pytest.approx(l2)
+
+  # The same objective on the same standardised features, solved by scipy in float64.
+  str_, ste = (np.asarray(a, np.float64) for a in ev.standardize(xtr, xte))
+  ref = scipy.optimize.minimize(_objective64, np.zeros(33 * 10), args=(str_, ytr, 10, l2), jac=True,
+                                method="L-BFGS-B", options=dict(maxiter=10_000, ftol=1e-15, gtol=1e-9))
+  assert ref.success, ref.message
+  assert r["loss"] == pytest.approx(ref.fun, rel=1e-6, abs=1e-6)
+  w, b = ref.x[:320].reshape(32, 10), ref.x[320:]
+  assert r["top1"] == pytest.approx(np.mean(np.argmax(ste @ w + b, 1) == yte), abs=2e-3)  # <= 2 of 1000
+  assert r["train_top1"] == pytest.approx(np.mean(np.argmax(str_ @ w + b, 1) == ytr), abs=1e-3)
+  assert 0.4 < r["top1"] < 0.95  # a problem where the probe matters, not a separable one
+  assert r["top1_best_over_epochs"] == r["top1"] and r["test_top1_per_epoch"] == [r["top1"]]
+
+
+def test_lbfgs_probe_deterministic_and_capped():
+  xtr, ytr, xte, yte = _mixture()
+  r1 = ev.linear_probe(xtr, ytr, xte, yte, 10, solver="lbfgs", c=0.5)
+  r2 = ev.linear_probe(xtr, ytr, xte, yte, 10, solver="lbfgs", c=0.5)
+  assert r1 == r2
+  capped = ev.linear_probe(xtr, ytr, xte, yte, 10, solver="lbfgs", c=0.5, max_iter=3)
+  assert capped["iterations"] == 3 and capped["grad_norm"] > 1e-5 and capped["loss"] > r1["loss"]
+  with pytest.raises(ValueError, match="c > 0"):
+    ev.linear_probe(xtr, ytr, xte, yte, 10, solver="lbfgs", c=0.0)
+  with pytest.raises(ValueError, match="solver"):
+    ev.linear_probe(xtr, ytr, xte, yte, 10, solver="sgd")
 
 
 def test_knn_clustered_data_high_accuracy():
@@ -183,12 +245,16 @@ def test_online_probe_sums_under_vmap_psum():
   np.testing.assert_allclose(dist, jnp.full((2,), glob), rtol=1e-6)
 
 
-def test_evaluate_features_reads_config():
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_evaluate_features_reads_config(solver):
   xtr, ytr, xte, yte = _clusters(1000, 200, num_classes=5)
-  config = types.SimpleNamespace(probe_epochs=5, probe_batch_size=128, probe_lr=1e-2,
+  config = types.SimpleNamespace(probe_solver=solver, probe_c=1.0, probe_max_iter=500, probe_tol=1e-5,
+                                 probe_epochs=5, probe_batch_size=128, probe_lr=1e-2,
                                  probe_weight_decay=1e-3, knn_k=10, knn_temperature=None)
   out = ev.evaluate_features(xtr, ytr, xte, yte, 5, config)
-  assert {"linear_probe_top1", "linear_probe_top1_best_over_epochs", "knn_top1"} <= set(out)
+  assert {"linear_probe_top1", "linear_probe_top1_best_over_epochs", "linear_probe_train_top1",
+          "knn_top1"} <= set(out)
+  assert ("linear_probe_iterations" in out) == (solver == "lbfgs")
   assert out["linear_probe_top1"] > 0.95 and out["knn_top1"] > 0.95
   assert out["linear_probe_top1_best_over_epochs"] >= out["linear_probe_top1"]
   assert out["knn_top1"] == ev.knn_top1(xtr, ytr, xte, yte, 5, k=10, temperature=None)
