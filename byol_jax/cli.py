@@ -162,7 +162,7 @@ def _type_message(message: str, argv: list[str]) -> str | None:
 def _one_line(message: str) -> str:
   """The first and the last line of a multi-line message (a config file's traceback: where and what)."""
   lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
-  return lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}'
+  return ' '.join(lines[:1] + lines[1:][-1:])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
