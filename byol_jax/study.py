@@ -221,7 +221,9 @@ def collect(study, workdir: str) -> dict:
           'steps': b.train.steps, 'batch_size': b.train.batch_size, 'optimizer': b.optim.name,
           'lr': b.optim.lr, 'lr_schedule': b.optim.schedule, 'weight_decay': b.optim.weight_decay,
           'ema_tau': b.ema.tau_base, 'ema_schedule': b.ema.schedule, 'target_init': b.ema.target_init,
-          'probe_train_examples': b.eval.num_train or 'all', 'probe_epochs': b.eval.probe_epochs,
+          'probe_train_examples': b.eval.num_train or 'all',
+          'probe': (f'L-BFGS logistic regression, C = {b.eval.probe_c}' if b.eval.probe_solver == 'lbfgs'
+                    else f'Adam, {b.eval.probe_epochs} epochs'),
           'seed': b.seed}
   return {'study': study.get('name', ''), 'seeds': study.seeds, 'base': base,
           'std': 'sample standard deviation over seeds (ddof=1); null with one finished seed',
@@ -267,7 +269,7 @@ def results_markdown(res: dict) -> str:
       f'Base: {b["dataset"]}, {b["backbone"]} width {b["width"]}, {b["method"]}, {b["steps"]} steps of batch '
       f'{b["batch_size"]}, {b["optimizer"]} lr {b["lr"]} ({b["lr_schedule"]}), weight decay {b["weight_decay"]}, '
       f'EMA {b["ema_tau"]} ({b["ema_schedule"]}, target init {b["target_init"]}); linear probe on '
-      f'{b["probe_train_examples"]} train examples, {b["probe_epochs"]} epochs, top-1 on the whole test split.',
+      f'{b["probe_train_examples"]} train examples ({b["probe"]}), top-1 on the whole test split.',
       f'Seeds: {res["seeds"]} per row; mean ± {res["std"]}.',
       f'Accuracies are fractions of the {b["dataset"]} test split. "paper" is the paper\'s STL-10 top-1 in % '
       '(ResNet-18, 100 epochs, 5 seeds): on another dataset, network and training length it is there to '
