@@ -282,10 +282,11 @@ def run(config, workdir: str) -> dict:
     summary[f'initial_{key}'] = (initial_eval or {}).get(key)
     summary[f'final_{key}'] = (final_eval or {}).get(key)
   if main_process:
-    plots.plot_run(records, workdir)
-    rvt = real_vs_theory.from_records(records)  # linear-type predictors: the spectra beside the theory
-    if rvt is not None:
-      s = real_vs_theory.summarize(rvt)
+    plots.plot_run(records, workdir)  # also real_vs_theory.json for linear-type predictors: read, not recomputed
+    rvt_path = os.path.join(workdir, real_vs_theory.FILENAME + '.json')
+    if os.path.exists(rvt_path):
+      with open(rvt_path) as f:
+        s = json.load(f)
       summary['real_vs_theory'] = {k: s[k] for k in ('loglog_slope', 'loglog_r2', 'asymmetry_final',
                                                       'alignment_topk_final', 'top_k', 'modes_used',
                                                       'loglog_slope_topk', 'loglog_r2_topk')}
