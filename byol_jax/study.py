@@ -1,7 +1,7 @@
 """Studies: many ordinary runs from one config, and one table of their results.
 
   python -m byol_jax.study --config=configs/study/<name>.py --workdir=DIR [--rows=a,b]
-      [--config.seeds=1] [--config.base.train.steps=40] [--config.base.optim.lr=0.05 ...]
+      [--config.seeds=1] [--config.base.train.steps=40] [--config.base.optim.lr=0.05 ...] [--reuse=DIR2,...]
 
 A study config (configs/study/*.py) holds
   name   the study's name (for the tables);
@@ -21,6 +21,9 @@ Running the same command again skips finished runs (summary.json present, config
 config), resumes an interrupted one from its checkpoint, and refuses (before any run) a run folder that
 holds a different config. A run that diverges (NaN) is recorded (diverged.json) and counted as such.
 SIGTERM stops the study after the current run has saved its checkpoint.
+
+`--reuse=DIR2,DIR3` links (relative symlink) a run whose config equals a finished run in another study
+folder instead of training it again: studies share rows (table3's `linear` is predictors' `linear`).
 
 After each run and at the end: DIR/results.json, DIR/results.md, DIR/results.png (see `write_results`).
 Means are over the finished seeds of a row; std is the sample standard deviation (ddof=1) over seeds,
@@ -156,6 +159,30 @@ def run_status(path: str, config) -> str:
   if os.path.exists(os.path.join(path, 'diverged.json')):
     return 'diverged'
   return 'partial'
+
+
+def find_reusable(config, reuse_dirs) -> str | None:
+  """A finished run of exactly this config in another study folder (DIR/<row>/seed<k>/), or None.
+
+  Studies share rows (table3's `linear` is predictors' `linear`): equal configs are the same run, so a
+  study can link it instead of training it again."""
+  want = _config_json(config)
+  for d in reuse_dirs:
+    for row in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+      row_dir = os.path.join(d, row)
+      for seed_dir in sorted(os.listdir(row_dir)) if os.path.isdir(row_dir) else []:
+        path = os.path.join(row_dir, seed_dir)
+        if (os.path.exists(os.path.join(path, 'summary.json'))
+            and _read_json(os.path.join(path, 'config.json')) == want):
+          return path
+  return None
+
+
+def link_run(path: str, source: str) -> None:
+  """DIR/<row>/seed<k> -> source, as a relative symlink (study folders that move together keep working)."""
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  os.symlink(os.path.relpath(os.path.realpath(source), os.path.realpath(parent)), path)
 
 
 def _first_difference(a, b, prefix='') -> str:
@@ -355,7 +382,7 @@ def write_results(study, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   def atomic(name, write):
-    tmp = os.path.join(workdir, f'.{name}.tmp')
+    tmp = os.path.join(workdir, f'.{name}.{os.getpid()}.tmp')  # several study processes may share DIR (--rows)
     write(tmp)
     os.replace(tmp, os.path.join(workdir, name))
 
@@ -487,7 +514,7 @@ def _run_line(label, s, seconds) -> str:
           f'{verdict} ({_duration(seconds)})')
 
 
-def run_study(study, workdir: str, rows_flag: str = '', out=None) -> dict:
+def run_study(study, workdir: str, rows_flag: str = '', out=None, reuse_dirs=()) -> dict:
   """Runs the study's pending runs; returns {'results', 'preempted', 'ran', 'skipped'}.
 
   Raises StudyError (before any run) for a bad study config or a run folder of another config."""
@@ -495,16 +522,24 @@ def run_study(study, workdir: str, rows_flag: str = '', out=None) -> dict:
   from byol_jax import train
   out = out or sys.stdout
   runs = plan(study, rows_flag, study.base.train.num_devices or jax.device_count())
+  main_process = jax.process_index() == 0
+  linked = 0
   for r in runs:
     r['path'] = run_dir(workdir, r['row'], r['seed'])
     r['status'] = run_status(r['path'], r['config'])
-  main_process = jax.process_index() == 0
+    if r['status'] == 'new' and reuse_dirs and not os.path.lexists(r['path']):
+      source = find_reusable(r['config'], reuse_dirs)
+      if source is not None:
+        if main_process:
+          link_run(r['path'], source)
+        r['status'], linked = 'done', linked + 1
   finished = [r for r in runs if r['status'] in ('done', 'diverged')]
   pending = [r for r in runs if r['status'] not in ('done', 'diverged')]
   name = study.get('name', '') or 'study'
   progress = Progress(name, len(runs), len(finished), out=out if main_process else open(os.devnull, 'w'))
   if finished:
-    progress.message(f'{len(finished)} of {len(runs)} runs already finished in {workdir}: skipped')
+    progress.message(f'{len(finished)} of {len(runs)} runs already finished in {workdir}: skipped'
+                     + (f' ({linked} linked from --reuse)' if linked else ''))
   stop = {'signal': None}
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   ran, preempted = [], False
@@ -555,7 +590,7 @@ def main(argv):
   name = os.path.basename(config_flags.get_config_filename(FLAGS['config']))
   try:
     config_lib.set_cpu_devices(FLAGS.config.base)  # before JAX starts
-    outcome = run_study(FLAGS.config, FLAGS.workdir, FLAGS.rows)
+    outcome = run_study(FLAGS.config, FLAGS.workdir, FLAGS.rows, reuse_dirs=[d for d in FLAGS.reuse if d])
   except (StudyError, config_lib.ConfigError, FileNotFoundError) as e:
     print(f'error: study {name}: {e}', file=sys.stderr)
     sys.exit(2)
@@ -571,5 +606,7 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Study config (configs/study/*.py).', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Study folder: one run folder per (row, seed), and the results.')
   flags.DEFINE_string('rows', '', 'Comma-separated row names to run (default: all).')
+  flags.DEFINE_list('reuse', [], 'Other study folders: a finished run there with exactly the config of one of '
+                    'this study\'s runs is linked (symlink) instead of trained again.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

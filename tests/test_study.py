@@ -10,6 +10,7 @@ import sys
 import time
 
 import chex
+import ml_collections
 import numpy as np
 import pytest
 
@@ -172,6 +173,28 @@ def test_second_invocation_skips_finished_runs(reference_study):
   assert study_lib.run_study(tiny_study(seeds=1), workdir, 'none', out=open(os.devnull, 'w'))['ran'] == 0
   with pytest.raises(study_lib.StudyError, match='holds a run of another config.*optim.lr'):
     study_lib.run_study(tiny_study(**{'base.optim.lr': 0.5}), workdir, out=open(os.devnull, 'w'))
+
+
+def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
+  """A study whose rows equal finished runs elsewhere links them (same numbers, nothing trained); a row
+  of another config is still trained."""
+  workdir, _ = reference_study
+  other = tiny_study(seeds=1)
+  with other.unlocked():  # same base: row 'none_again' is the reference's none/seed0
+    other.rows = ml_collections.ConfigDict({'none_again': 'none'})
+    other.paper = ml_collections.ConfigDict()
+  out = str(tmp_path / 'other')
+  outcome = study_lib.run_study(other, out, out=open(os.devnull, 'w'), reuse_dirs=[workdir])
+  assert (outcome['ran'], outcome['skipped']) == (0, 1)
+  link = os.path.join(out, 'none_again', 'seed0')
+  assert os.path.islink(link) and not os.path.isabs(os.readlink(link))
+  assert os.path.samefile(link, os.path.join(workdir, 'none', 'seed0'))
+  res = json.load(open(os.path.join(out, 'results.json')))
+  ref = json.load(open(os.path.join(workdir, 'results.json')))
+  assert res['rows']['none_again']['linear_probe_top1']['per_seed'] == ref['rows']['none']['linear_probe_top1'][
+      'per_seed'][:1]
+  assert study_lib.find_reusable(study_lib.run_config(tiny_study(**{'base.optim.lr': 0.5}), 'none', 0),
+                                 [workdir]) is None
 
 
 def test_killed_study_resumes_to_the_same_numbers(reference_study, tmp_path):

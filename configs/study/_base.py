@@ -36,7 +36,7 @@ def fashion_mnist_base(steps: int):
   c.train.log_every = 25
   c.train.checkpoint_every = 100
   c.train.spectra_every = 100
-  c.optim.lr = 0.03
+  c.optim.lr = 0.1
   c.optim.momentum = 0.9
   c.optim.weight_decay = 4e-4
   c.optim.schedule = 'constant'

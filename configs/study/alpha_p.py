@@ -19,7 +19,7 @@ Rows:
 """
 from byol_jax.config import load_config_module
 
-STEPS = 300  # sized in docs/study.md
+STEPS = 400  # sized in docs/study.md
 
 ROWS = {f'alphap{a}': f'linear_sym,simsiam,alphap{a}' for a in (1, 2, 5, 10)}
 PAPER = {'alphap1': (36.62, 'Tbl 3 linear sym, no EMA (BYOL; closest to SimSiam alpha_p 1)')}

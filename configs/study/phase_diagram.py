@@ -15,7 +15,7 @@ the grid's edges: linear sym, no EMA, wd 4e-4 (row wd4e-4_tau0): 36.62 (Tbl 3, c
 """
 from byol_jax.config import load_config_module
 
-STEPS = 300  # sized in docs/study.md
+STEPS = 400  # sized in docs/study.md
 
 WEIGHT_DECAYS = ('0', '4e-4', '4e-3', '4e-2')
 TAUS = ('0', '0.9', '0.99', '0.996')

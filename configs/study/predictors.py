@@ -18,7 +18,7 @@ ResNet-18, mean of 5 seeds; shared/design/paper.md section 3):
 """
 from byol_jax.config import load_config_module
 
-STEPS = 300  # sized in docs/study.md
+STEPS = 400  # sized in docs/study.md
 
 ROWS = {
     'mlp': 'mlp',

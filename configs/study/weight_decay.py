@@ -20,7 +20,7 @@ Rows and the paper's STL-10 numbers (top-1 %, 100 epochs):
 """
 from byol_jax.config import load_config_module
 
-STEPS = 300  # sized in docs/study.md
+STEPS = 400  # sized in docs/study.md
 
 ROWS = {
     'sym_wd_pred_ema': 'linear_sym,wd_predictor_only',
