@@ -25,7 +25,8 @@ SIGTERM stops the study after the current run has saved its checkpoint.
 `--reuse=DIR2,DIR3` links (relative symlink) a run whose config equals a finished run in another study
 folder instead of training it again: studies share rows (table3's `linear` is predictors' `linear`).
 
-After each run and at the end: DIR/results.json, DIR/results.md, DIR/results.png (see `write_results`).
+After each run and at the end: DIR/results.json, DIR/results.md, DIR/results.png (see `write_results`), and
+for a weight decay x EMA rate grid of linear-predictor rows DIR/phase_diagram.png / .json (byol_jax/phase_map.py).
 Means are over the finished seeds of a row; std is the sample standard deviation (ddof=1) over seeds,
 null with one seed. Collapse indicators and the collapse rule: byol_jax/collapse.py.
 
@@ -47,7 +48,7 @@ import time
 
 import numpy as np
 
-from byol_jax import collapse
+from byol_jax import collapse, phase_map
 from byol_jax import config as config_lib
 
 ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
@@ -377,7 +378,8 @@ def results_plot(res: dict, path: str) -> None:
 
 
 def write_results(study, workdir: str) -> dict:
-  """Writes DIR/results.json, results.md, results.png (each atomically); returns the results."""
+  """Writes DIR/results.json, results.md, results.png (each atomically), and phase_diagram.png / .json when
+  the rows form a weight decay x EMA rate grid (byol_jax/phase_map.py); returns the results."""
   res = collect(study, workdir)
   os.makedirs(workdir, exist_ok=True)
 
@@ -397,6 +399,11 @@ def write_results(study, workdir: str) -> dict:
   atomic('results.json', json_writer)
   atomic('results.md', md_writer)
   atomic('results.png', lambda p: results_plot(res, p + '.png') or os.replace(p + '.png', p))
+  row_configs = {r: _config_json(run_config(study, r, 0)) for r in ordered_keys(study.rows)}
+  try:
+    phase_map.write(res, row_configs, atomic)
+  except Exception as e:  # a figure must not stop a study: results.json has the numbers
+    print(f'warning: phase_diagram.png not written: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
   return res
 
 

@@ -5,13 +5,17 @@ Command:  python -m byol_jax.study --config=configs/study/phase_diagram.py --wor
 GPU:      --config=configs/study/phase_diagram.py:stl10 (or :cifar10).
 
 Weight decay wd (trunk and predictor) in {0, 4e-4, 4e-3, 4e-2} x constant EMA rate tau in {0 (no EMA), 0.9,
-0.99, 0.996}: 16 rows `linear_sym,wd<wd>,tau<tau>`. The theory (paper Sec. 4, Obs#5; theory/ode.py) puts
-the collapse of every mode above eta_c = tau^2 / (4 (1 + sigma^2)) with eta = wd / lr: at lr 0.03 that is
-wd > ~7.5e-3 / (1 + sigma^2), between the two largest wd of the grid; a slower EMA (tau -> 1 with the
-target initialised independently) enlarges the collapse region (Obs#10, notebooks/03). Paper numbers on
-the grid's edges: linear sym, no EMA, wd 4e-4 (row wd4e-4_tau0): 36.62 (Tbl 3, collapsed); wd 4e-4, tau
-0.996: 75.09 (Tbl 3); no wd, no EMA (wd0_tau0): 43.04 (Tbl 5); no wd, tau 0.996 (wd0_tau0p996): 71.76
-(Tbl 5). The verdict column of results.md is the map; no paper row exists for the other cells.
+0.99, 0.996}: 16 rows `linear_sym,wd<wd>,tau<tau>`. Mapped to the theory (paper Sec. 4; theory/ode.py) at
+the study base's lr 0.1: eta = wd / lr in {0, 0.004, 0.04, 0.4} and beta = (1 - tau) / lr in {10, 1, 0.1,
+0.04} (tau 0: beta = 1 / lr, the target equals the online network after every step). The theory says every
+mode collapses above eta_c = 1 / (4 (1 + sigma^2)) = 0.25 (sigma^2 = 0), i.e. only the wd 4e-2 column
+(Obs#5), and a slower EMA (smaller beta, the target initialised independently) widens the collapse basin
+below eta_c (Obs#10, notebooks/03). The study writes the real map beside the theory's: DIR/phase_diagram.png
+and .json (byol_jax/phase_map.py; the map and its caveats are there).
+
+Paper numbers on the grid's edges: linear sym, no EMA, wd 4e-4 (row wd4e-4_tau0): 36.62 (Tbl 3,
+collapsed); wd 4e-4, tau 0.996: 75.09 (Tbl 3); no wd, no EMA (wd0_tau0): 43.04 (Tbl 5); no wd, tau 0.996
+(wd0_tau0p996): 71.76 (Tbl 5). No paper row exists for the other cells.
 """
 from byol_jax.config import load_config_module
 

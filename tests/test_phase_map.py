@@ -1,0 +1,99 @@
+"""The weight decay x EMA rate phase diagram a study writes beside its results (byol_jax/phase_map.py).
+
+Fake run folders (a summary.json per run, no training): a 2x2 grid of symmetric linear predictor rows with
+one cell not run, and the tiny study's mlp / none rows, which form no grid."""
+import json
+import os
+
+import pytest
+
+from byol_jax import phase_map, study as study_lib
+from byol_jax import config as config_lib
+from byol_jax.config import load_config_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LR, STEPS = 0.1, 400
+GRID_ROWS = {'wd0_tau0': 'linear_sym,wd0,tau0', 'wd0_tau0p99': 'linear_sym,wd0,tau0.99',
+             'wd4e-2_tau0': 'linear_sym,wd4e-2,tau0', 'wd4e-2_tau0p99': 'linear_sym,wd4e-2,tau0.99'}
+
+
+def fake_study(rows=None):
+  c = load_config_module(os.path.join(ROOT, 'configs', 'study', 'x.py'), 'tiny.py').get_config()
+  with c.unlocked():
+    config_lib.override(c, {'seeds': 1, 'base.optim.lr': LR, 'base.train.steps': STEPS,
+                            'base.ema.target_init': 'independent'})
+    if rows is not None:
+      c.rows = type(c.rows)(rows)
+      c.paper = type(c.rows)()
+  return c
+
+
+def fake_run(workdir, row, z_std_times_sqrt_d, z_rank=10.0):
+  path = study_lib.run_dir(workdir, row, 0)
+  os.makedirs(path)
+  with open(os.path.join(path, 'summary.json'), 'w') as f:
+    json.dump({'steps': STEPS, 'final_linear_probe_top1': 0.5, 'final_z_std_times_sqrt_d': z_std_times_sqrt_d,
+               'final_z_effective_rank': z_rank}, f)
+
+
+def test_grid_study_writes_the_phase_diagram_with_both_maps(tmp_path):
+  workdir = str(tmp_path)
+  fake_run(workdir, 'wd0_tau0', 0.02, 1.2)         # collapsed (no EMA)
+  fake_run(workdir, 'wd4e-2_tau0', 0.01, 1.1)      # collapsed
+  fake_run(workdir, 'wd4e-2_tau0p99', 0.7)         # spread; wd0_tau0p99 not run
+  study_lib.write_results(fake_study(GRID_ROWS), workdir)
+  assert os.path.getsize(os.path.join(workdir, 'phase_diagram.png')) > 20_000
+  out = json.load(open(os.path.join(workdir, 'phase_diagram.json')))
+  momentum = fake_study(GRID_ROWS).base.optim.momentum
+  assert out['eta_c'] == pytest.approx(0.25) and out['maps']['paper']['t_end'] == pytest.approx(LR * STEPS)
+  assert out['maps']['sgd']['t_end'] == pytest.approx(LR * STEPS / (1 - momentum))
+  assert out['theory_mode'] == {'p0': 0.4, 's0': pytest.approx(0.16), 'tau0': 0.1}
+  cells = {c['row']: c for c in out['cells']}
+  assert set(cells) == set(GRID_ROWS)
+  for c in cells.values():
+    paper, sgd = c['theory']['paper'], c['theory']['sgd']
+    assert paper['eta'] == pytest.approx(c['wd'] / LR) and paper['beta'] == pytest.approx((1 - c['tau']) / LR)
+    assert sgd['eta'] == pytest.approx(c['wd']) and sgd['beta'] == pytest.approx((1 - c['tau']) * (1 - momentum) / LR)
+    # Theory: above eta_c = 1/4 every mode collapses (the paper's map puts wd 4e-2 at eta 0.4); the SGD map puts
+    # every cell (eta <= 0.04) below it.
+    assert paper['collapsed'] == (paper['eta'] > out['eta_c']), c
+  assert cells['wd4e-2_tau0']['theory']['paper']['eta'] == pytest.approx(0.4)
+  assert cells['wd0_tau0']['theory']['paper']['beta'] == pytest.approx(10.0)
+  assert not cells['wd4e-2_tau0']['theory']['sgd']['collapsed']
+  assert cells['wd0_tau0']['theory']['paper']['s_end'] > 0.1
+  # Real: the verdicts and values of results.json; the cell not run is compared with nothing.
+  assert cells['wd0_tau0p99']['real_state'] == 'not run' and cells['wd0_tau0p99']['theory']['paper']['agree'] is None
+  assert cells['wd0_tau0']['real_collapsed'] is True and cells['wd0_tau0']['theory']['paper']['agree'] is False
+  assert cells['wd4e-2_tau0p99']['real_z_std_times_sqrt_d'] == pytest.approx(0.7)
+  assert cells['wd4e-2_tau0p99']['theory']['paper']['agree'] is False
+  assert cells['wd4e-2_tau0']['theory']['paper']['agree'] is True
+  assert out['agreement']['paper'] == {'cells_compared': 3, 'cells_agreeing': 1}
+  assert not [f for f in os.listdir(workdir) if f.endswith('.tmp')]
+
+
+def test_no_grid_no_phase_diagram(tmp_path):
+  workdir = str(tmp_path)
+  fake_run(workdir, 'mlp', 0.7)
+  fake_run(workdir, 'none', 0.02, 1.1)
+  study_lib.write_results(fake_study(), workdir)  # tiny's rows: mlp, none
+  assert os.path.exists(os.path.join(workdir, 'results.png'))
+  assert not os.path.exists(os.path.join(workdir, 'phase_diagram.png'))
+  assert not os.path.exists(os.path.join(workdir, 'phase_diagram.json'))
+
+
+@pytest.mark.parametrize('rows', [
+    {k: v for k, v in GRID_ROWS.items() if k != 'wd0_tau0'},                       # 3 of 4 cells
+    {**GRID_ROWS, 'wd4e-2_tau0p99': 'linear,wd4e-2,tau0.99,alphap2'},             # alpha_p differs
+    {**GRID_ROWS, 'wd0_tau0': 'mlp,wd0,tau0'},                                    # not a linear predictor
+    {'a': 'linear_sym,wd0,tau0', 'b': 'linear_sym,wd0,tau0.99'},                   # one weight decay
+])
+def test_grid_detection_needs_a_full_grid_of_linear_predictor_runs(rows):
+  study = fake_study(rows)
+  configs = {r: study_lib._config_json(study_lib.run_config(study, r, 0)) for r in rows}
+  res = study_lib.collect(study, '/nonexistent')
+  assert phase_map.grid_from_results(res, configs) is None
+  full = fake_study(GRID_ROWS)
+  configs = {r: study_lib._config_json(study_lib.run_config(full, r, 0)) for r in GRID_ROWS}
+  grid = phase_map.grid_from_results(study_lib.collect(full, '/nonexistent'), configs)
+  assert grid['wds'] == [0.0, 0.04] and grid['taus'] == [0.0, 0.99]
+  assert grid['t_end']['paper'] == pytest.approx(40.0)
