@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.backbone = 'resnet18'  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
   c.model.width = 64            # channels of the first stage
   c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool), 'cifar_stride2' (3x3/2 conv) or 'imagenet'
-  c.model.max_pool_impl = 'auto'  # ImageNet stem: 'taps' (cheaper backward, GPUs), 'xla' or 'auto'; same result
+  c.model.max_pool_impl = 'auto'  # ImageNet stem: 'taps' (GPUs), 'phases' (CPUs), 'xla' or 'auto'; same result
   c.model.conv_impl = 'auto'    # 'matmul_small' (XLA:CPU's slow convolutions as products; CPUs), 'xla' or 'auto'
   c.model.projector_hidden = 512
   c.model.projector_dim = 128

@@ -4,27 +4,29 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from byol_jax.models.resnet import max_pool_3x3_s2
+from byol_jax.models.resnet import max_pool_3x3_s2, max_pool_3x3_s2_phases
 
 
 def test_max_pool_with_the_cheaper_backward_equals_xla_max_pool_ties_included():
-  """max_pool_3x3_s2: same outputs and the very same gradient as nnx.max_pool (the first maximum of each
-  window takes it), on ReLU-like inputs full of ties and odd sizes; integer gradients make sums exact."""
+  """max_pool_3x3_s2 and max_pool_3x3_s2_phases: same outputs and the very same gradient as nnx.max_pool (the
+  first maximum of each window takes it), on ReLU-like inputs full of ties, even and odd sizes; integer
+  gradients make sums exact."""
   def xla_pool(x):
     return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-  for shape in ((2, 9, 8, 3), (2, 10, 11, 4)):
+  for shape in ((2, 9, 8, 3), (2, 10, 11, 4), (2, 8, 12, 3), (3, 16, 16, 2)):
     for dtype in (jnp.float32, jnp.bfloat16):
       x = jnp.maximum(jnp.round(2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)), 0.0).astype(dtype)
       w = jnp.round(4.0 * jax.random.normal(jax.random.PRNGKey(1), xla_pool(x).shape)).astype(dtype)
       grad = lambda pool: jax.grad(lambda x: jnp.sum((pool(x) * w).astype(jnp.float32)))(x)
-      chex.assert_trees_all_equal(max_pool_3x3_s2(x), xla_pool(x))
-      chex.assert_trees_all_equal(grad(max_pool_3x3_s2), grad(xla_pool))
+      for pool in (max_pool_3x3_s2, max_pool_3x3_s2_phases):
+        chex.assert_trees_all_equal(pool(x), xla_pool(x))
+        chex.assert_trees_all_equal(grad(pool), grad(xla_pool))
 
 
 def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
-  """The ImageNet-stem ResNet, max_pool_impl='taps' (what 'auto' picks on GPUs) against 'xla': the same function, and 'taps'
-  does not use XLA's select-and-scatter."""
+  """The ImageNet-stem ResNet, max_pool_impl='taps' (what 'auto' picks on GPUs) and 'phases' (on CPUs) against
+  'xla': the same function, and neither uses XLA's select-and-scatter."""
   from byol_jax.models.resnet import ResNet
   x = jax.random.uniform(jax.random.PRNGKey(2), (4, 32, 32, 3))
 
@@ -46,7 +48,9 @@ def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
     assert uses_scatter == (impl == 'xla'), impl
     return features, nnx.to_pure_dict(grads)
 
-  chex.assert_trees_all_close(features_and_grads('taps'), features_and_grads('xla'), atol=1e-5, rtol=1e-5)
+  reference = features_and_grads('xla')
+  for impl in ('taps', 'phases'):
+    chex.assert_trees_all_close(features_and_grads(impl), reference, atol=1e-5, rtol=1e-5)
 
 
 # (input [N, H, W, C], kernel size, stride, output channels): every path of models/conv.py, odd sizes included.
