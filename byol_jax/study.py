@@ -53,6 +53,8 @@ from byol_jax import config as config_lib
 
 ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
 METRICS = ('linear_probe_top1', 'knn_top1', 'initial_linear_probe_top1', 'initial_knn_top1') + collapse.KEYS
+# What runs with a linear-type predictor report of their spectra beside the theory (byol_jax/real_vs_theory.py).
+THEORY_METRICS = ('loglog_slope_topk', 'loglog_r2_topk', 'loglog_slope', 'alignment_topk_final', 'asymmetry_final')
 
 
 class StudyError(ValueError):
@@ -231,6 +233,9 @@ def collect(study, workdir: str) -> dict:
     for key in METRICS:
       source = key if key.startswith('initial_') else f'final_{key}'
       entry[key] = _stat([s.get(source) for s in summaries])
+    rvt = [s['real_vs_theory'] for s in summaries if s.get('real_vs_theory')]
+    if rvt:
+      entry['real_vs_theory'] = {k: _stat([r.get(k) for r in rvt]) for k in THEORY_METRICS}
     verdicts = [collapse.collapse_verdict(s) for s in summaries]
     n_coll = sum(v[0] for v in verdicts)
     entry['collapsed'] = (n_coll > len(verdicts) / 2) if verdicts else None
@@ -317,6 +322,18 @@ def results_markdown(res: dict) -> str:
     lines.append(f'| {name} | `{e["args"] or "(base)"}` | {paper} | {_fmt(e["linear_probe_top1"])} | {per_seed} | '
                  f'{_fmt(e["knn_top1"])} | {_fmt(e["z_std_times_sqrt_d"], 2)} | {_fmt(e["z_effective_rank"], 1)} | '
                  f'{_fmt(e["feature_effective_rank"], 1)} | {e["verdict"]} |')
+  theory_rows = {name: e['real_vs_theory'] for name, e in res['rows'].items() if e.get('real_vs_theory')}
+  if theory_rows:
+    lines += ['', 'Linear-type predictors beside the theory (byol_jax/real_vs_theory.py, at the end of training): '
+              'the log-log slope of p_j^2 against s_j over the top 10 modes of F and its R^2 (theory: slope 1), '
+              'the same over all modes above 1e-6 s_max, the mean |cos(W_p u_j, u_j)| of the top 10 eigenvectors '
+              'of F (theory: 1; random: ~0.07 at d = 128), and ||W_p - W_p^T|| / ||W_p|| (theory: 0).', '',
+              '| row | slope, top 10 | R^2, top 10 | slope, all modes | alignment, top 10 | asymmetry |',
+              '|---|---|---|---|---|---|']
+    for name, t in theory_rows.items():
+      lines.append(f'| {name} | {_fmt(t["loglog_slope_topk"], 2)} | {_fmt(t["loglog_r2_topk"], 2)} | '
+                   f'{_fmt(t["loglog_slope"], 2)} | {_fmt(t["alignment_topk_final"], 2)} | '
+                   f'{_fmt(t["asymmetry_final"], 2)} |')
   return '\n'.join(lines) + '\n'
 
 

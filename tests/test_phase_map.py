@@ -33,7 +33,8 @@ def fake_run(workdir, row, z_std_times_sqrt_d, z_rank=10.0):
   os.makedirs(path)
   with open(os.path.join(path, 'summary.json'), 'w') as f:
     json.dump({'steps': STEPS, 'final_linear_probe_top1': 0.5, 'final_z_std_times_sqrt_d': z_std_times_sqrt_d,
-               'final_z_effective_rank': z_rank}, f)
+               'final_z_effective_rank': z_rank,
+               'real_vs_theory': {'loglog_slope_topk': z_std_times_sqrt_d, 'alignment_topk_final': 0.3}}, f)
 
 
 def test_grid_study_writes_the_phase_diagram_with_both_maps(tmp_path):
@@ -69,6 +70,11 @@ def test_grid_study_writes_the_phase_diagram_with_both_maps(tmp_path):
   assert cells['wd4e-2_tau0']['theory']['paper']['agree'] is True
   assert out['agreement']['paper'] == {'cells_compared': 3, 'cells_agreeing': 1}
   assert not [f for f in os.listdir(workdir) if f.endswith('.tmp')]
+  # results.json / .md carry the runs' real-vs-theory summaries (here: fake values) per row.
+  res = json.load(open(os.path.join(workdir, 'results.json')))
+  assert res['rows']['wd4e-2_tau0p99']['real_vs_theory']['loglog_slope_topk']['mean'] == pytest.approx(0.7)
+  assert 'real_vs_theory' not in res['rows']['wd0_tau0p99']  # not run
+  assert '| wd4e-2_tau0p99 | 0.70 | - | - | 0.30 | - |' in open(os.path.join(workdir, 'results.md')).read()
 
 
 def test_no_grid_no_phase_diagram(tmp_path):
