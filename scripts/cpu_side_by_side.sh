@@ -9,10 +9,13 @@
 #
 #   bash scripts/cpu_side_by_side.sh OUT_DIR
 #   TORCH_PY=/work/torchenv/bin/python JAX_PY=.venv/bin/python PARTS="a b" QUICK=1 bash scripts/cpu_side_by_side.sh OUT
+#   ROUNDS=3 PARTS=b bash scripts/cpu_side_by_side.sh OUT   # jax, torch, torch channels-last, 3 times over
 #
 # TORCH_PY (default /work/torchenv/bin/python) and JAX_PY (default python) are the two interpreters; torch is not
 # in requirements.txt. PEER_R18 is the ResNet-18 peer (default /work/shared/peers/torch_byol_step.py). PARTS
-# picks the parts (default "a b"). QUICK=1 runs 1-2 steps of everything (to test the script; numbers meaningless).
+# picks the parts (default "a b"). ROUNDS=N (default 1) runs each part's timed runs N times, alternating the
+# sides, and the table reports the median and range of the per-round ratio: machines like this one drift by
+# +-15% within minutes, so a ratio measured once can mislead. QUICK=1 runs 1-2 steps of everything (to test the script; numbers meaningless).
 # Writes one .jsonl (stdout) and one .log (stderr) per run into OUT_DIR, machine.json, and prints a markdown
 # table of images/s (an image is one sample, two views) with the ratio jax/torch for like-for-like rows (no
 # augmentation on either side). Nothing else should run on the machine meanwhile: both sides use every core
@@ -25,6 +28,7 @@ JAX_PY=${JAX_PY:-python}
 PEER_R18=${PEER_R18:-/work/shared/peers/torch_byol_step.py}
 PARTS=${PARTS:-a b}
 QUICK=${QUICK:-0}
+ROUNDS=${ROUNDS:-1}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -58,21 +62,27 @@ EOF
 if [[ " $PARTS " == *" b "* ]]; then
   run b_param_check "$JAX_PY" scripts/fmnist_jax_reference.py --expect 1557354 --steps_npz "$OUT/b_reference.npz"
   run b_torch_check "$TORCH_PY" scripts/torch_fmnist_step.py --check "$OUT/b_reference.npz"
-  run b_jax "$JAX_PY" -m byol_jax.bench --variants=no_augment,full $B_JAX
-  run b_torch "$TORCH_PY" scripts/torch_fmnist_step.py $B_TORCH
-  run b_torch_channels_last "$TORCH_PY" scripts/torch_fmnist_step.py $B_TORCH --channels-last
+  for r in $(seq 1 "$ROUNDS"); do
+    sfx=$([ "$ROUNDS" = 1 ] || echo "_r$r")
+    run b_jax$sfx "$JAX_PY" -m byol_jax.bench --variants=no_augment,full $B_JAX
+    run b_torch$sfx "$TORCH_PY" scripts/torch_fmnist_step.py $B_TORCH
+    run b_torch_channels_last$sfx "$TORCH_PY" scripts/torch_fmnist_step.py $B_TORCH --channels-last
+  done
 fi
 if [[ " $PARTS " == *" a "* ]]; then
-  run a_jax "$JAX_PY" -m byol_jax.bench --config=configs/stl10.py --config.train.batch_size=32 \
-    --config.data.image_size=64 --config.model.projector_hidden=4096 --config.model.projector_dim=256 \
-    --config.model.projector_bn_affine=True --variants=no_augment+linear $A_JAX
-  run a_torch "$TORCH_PY" "$PEER_R18" --res 64 --batch 32 $A_TORCH
-  run a_torch_channels_last "$TORCH_PY" "$PEER_R18" --res 64 --batch 32 $A_TORCH --channels-last
+  for r in $(seq 1 "$ROUNDS"); do
+    sfx=$([ "$ROUNDS" = 1 ] || echo "_r$r")
+    run a_jax$sfx "$JAX_PY" -m byol_jax.bench --config=configs/stl10.py --config.train.batch_size=32 \
+      --config.data.image_size=64 --config.model.projector_hidden=4096 --config.model.projector_dim=256 \
+      --config.model.projector_bn_affine=True --variants=no_augment+linear $A_JAX
+    run a_torch$sfx "$TORCH_PY" "$PEER_R18" --res 64 --batch 32 $A_TORCH
+    run a_torch_channels_last$sfx "$TORCH_PY" "$PEER_R18" --res 64 --batch 32 $A_TORCH --channels-last
+  done
 fi
 
-"$JAX_PY" - "$OUT" <<'EOF'
-import json, os, sys
-out = sys.argv[1]
+"$JAX_PY" - "$OUT" "$ROUNDS" <<'EOF'
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
 
 def rows(name):
   path = os.path.join(out, name + '.jsonl')
@@ -109,6 +119,25 @@ for case, jname, like, tnames in cases:
   for k, (ips, ms) in j.items():
     if k != like:
       print(f'| {case} | {k} (with augmentation) | {ips} | - | - | - |')
+if rounds > 1:
+  print(f'\n{rounds} rounds, each: jax, torch eager, torch channels-last; per-round ratio jax / best torch of '
+        'the round (median [min, max])\n')
+  print('| case | jax img/s | torch eager | torch channels-last | jax / best torch |')
+  print('|---|---|---|---|---|')
+  span = lambda v: f'{statistics.median(v):.1f} [{min(v):.1f}, {max(v):.1f}]' if v else '-'
+  for case, jname, like, tnames in cases:
+    js, ts, cl, ratios = [], [], [], []
+    for r in range(1, rounds + 1):
+      j = dict((k, ips) for k, ips, _ in rows(f'{jname}_r{r}')).get(like)
+      t = [ips for _, ips, _ in rows(f'{tnames[0]}_r{r}')]
+      c = [ips for _, ips, _ in rows(f'{tnames[1]}_r{r}')]
+      if j is None or not (t or c):
+        continue
+      js.append(j); ts += t; cl += c
+      ratios.append(j / max(t + c))
+    if ratios:
+      print(f'| {case} | {span(js)} | {span(ts)} | {span(cl)} | {statistics.median(ratios):.2f} '
+            f'[{min(ratios):.2f}, {max(ratios):.2f}] |')
 for name in ('b_param_check', 'b_torch_check'):
   for r in (json.loads(l) for l in open(os.path.join(out, name + '.jsonl'))) if os.path.exists(
       os.path.join(out, name + '.jsonl')) else []:
