@@ -26,6 +26,7 @@ ARGS: comma-separated switches applied left to right, e.g. `configs/stl10.py:lin
   rho<x> eps<x> freq<n>  DirectPred knobs          cj<c>      Tbl 7: p_j = sqrt(max(s_j - c, 0))
   cumulative  F = running mean over all steps     alphap<x>  predictor lr multiplier (Fig. 6)
   epochs<n>   train n epochs                      seed<n>    the seed
+  centre      DirectPred on the covariance of f (the paper: worse; our uncentred F is its mean's direction)
 The same switches write the rows of a study (byol_jax/study.py, configs/study/); there `epochs<n>`
 scales the study's base steps by n/100 (the base stands for the paper's 100 epochs).
 
@@ -96,6 +97,8 @@ def apply_switches(c, arg):
       c.predictor.weight_decay = 0.0
     elif t == 'cumulative':
       c.predictor.cumulative_mean = True
+    elif t == 'centre':
+      c.predictor.centre = True
     elif t.startswith('rho'):
       c.predictor.rho = _number(t, 'rho')
     elif t.startswith('eps'):

@@ -85,6 +85,9 @@ def test_switches_shared_by_stl10_and_studies():
   c = config_lib.base_config()
   assert STL10.apply_switches(c, 'mlp,simsiam,no_stop_grad,tau0.9') is None
   assert (c.method, c.stop_gradient, c.ema.tau_base) == ('simsiam', False, 0.9)
+  c = config_lib.base_config()
+  STL10.apply_switches(c, 'directpred,centre,eps0.3,freq5')
+  assert (c.predictor.kind, c.predictor.centre, c.predictor.eps, c.predictor.freq) == ('directpred', True, 0.3, 5)
   with pytest.raises(ValueError, match='unknown config argument'):
     STL10.apply_switches(config_lib.base_config(), 'mlp,bogus')
   assert STL10.get_config('').train.steps == 100 * 105_000 // 128
