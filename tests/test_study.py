@@ -200,6 +200,36 @@ def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
                                  [workdir]) is None
 
 
+def test_forwarded_args_drop_the_parents_own_flags():
+  argv = ['--config=configs/study/tiny.py', '--rows', 'mlp', '--parallel=2', '--config.seeds=1', '--reuse=a,b',
+          '--workdir=/tmp/x', '--runs', 'mlp:0']
+  assert study_lib.forwarded_args(argv) == ['--config=configs/study/tiny.py', '--config.seeds=1', '--workdir=/tmp/x']
+
+
+def test_parallel_study_trains_every_run_once_in_worker_processes(tmp_path):
+  """--parallel=2: two worker processes share the 4 runs (each run once, one JAX device per process by config),
+  the parent writes the results; a second invocation finds everything finished."""
+  workdir = str(tmp_path)
+  proc = study_cli(workdir, '--parallel=2')
+  text = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, text
+  assert '4 runs in 2 processes' in text and 'study tiny: 4/4 runs done' in text
+  logs = [open(os.path.join(workdir, f'.worker{i}.log')).read() for i in (0, 1)]
+  for row in ('mlp', 'none'):
+    for k in (0, 1):
+      label = f'{row}/seed{k}:'
+      assert sum(label in log for log in logs) == 1, (label, logs)  # trained by exactly one worker
+      config = json.load(open(os.path.join(workdir, row, f'seed{k}', 'config.json')))
+      assert config['train']['cpu_devices'] == 1
+  res = json.load(open(os.path.join(workdir, 'results.json')))
+  assert all(res['rows'][r]['seeds_done'] == [0, 1] for r in ('mlp', 'none'))
+  log_mtime = os.stat(os.path.join(workdir, '.worker0.log')).st_mtime_ns
+  proc = study_cli(workdir, '--parallel=2')
+  text = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0 and 'study tiny: all 4 runs already finished' in text, text
+  assert os.stat(os.path.join(workdir, '.worker0.log')).st_mtime_ns == log_mtime  # no worker started
+
+
 def test_killed_study_resumes_to_the_same_numbers(reference_study, tmp_path):
   ref_dir, _ = reference_study
   workdir = str(tmp_path / 'study')
