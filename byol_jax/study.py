@@ -663,9 +663,11 @@ def run_parallel(study, workdir: str, n: int, argv: list[str], rows_flag: str = 
     cmd = base_cmd + ['--config.base.train.cpu_devices=1', '--parallel=1',
                       '--runs=' + ','.join(f'{r["row"]}:{r["seed"]}' for r in share)]
     log = open(os.path.join(workdir, f'.worker{i}.log'), 'w')
-    core = {cores[i % len(cores)]}
-    workers.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     preexec_fn=lambda core=core: os.sched_setaffinity(0, core)), log, share))
+    worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # Pinned from here, not by preexec_fn (unsafe with JAX's threads in this process): the worker's own threads
+    # start a second later, after its imports, and inherit the pinning.
+    os.sched_setaffinity(worker.pid, {cores[i % len(cores)]})
+    workers.append((worker, log, share))
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: [w.send_signal(signum) for w, _, _ in workers])
   t0, total, done_before = time.time(), len(runs), len(runs) - len(pending)
   out.write(f'study {name}: {len(pending)} runs in {n} processes (one per core), {done_before} of {total} already '
