@@ -11,7 +11,9 @@ Each variant is a '+'-joined list of changes to the config's step:
   bfloat16 | float32                 compute dtype
   pool_taps | pool_phases | pool_xla the ImageNet stem's max-pool: max_pool_3x3_s2 (GPU default), its
                                      phases backward (CPU default) or XLA's
-  conv_xla | conv_matmul_small       convolutions: XLA's everywhere, or XLA:CPU's slow cases as products (CPU default)
+  conv_xla | conv_matmul_small | conv_native
+                                     convolutions: XLA's everywhere, XLA:CPU's slow cases as products, or
+                                     those and the compiled CPU weight gradients (CPU default)
 e.g. `--variants=no_augment,no_augment+linear,no_augment+eigh,full`. Each variant is compiled once and
 timed `repeats` times over `steps` steps after `warmup` steps (the median is reported).
 
@@ -72,6 +74,7 @@ VARIANT_TOKENS = {
     'pool_xla': {'model.max_pool_impl': 'xla'}, 'pool_taps': {'model.max_pool_impl': 'taps'},
     'pool_phases': {'model.max_pool_impl': 'phases'},
     'conv_xla': {'model.conv_impl': 'xla'}, 'conv_matmul_small': {'model.conv_impl': 'matmul_small'},
+    'conv_native': {'model.conv_impl': 'native'},
 }
 
 

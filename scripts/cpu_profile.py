@@ -49,6 +49,8 @@ def hlo_ops(hlo_dir):
 
 
 def category(name, shape, opcode, op_name, root, batch):
+  if opcode == 'custom-call' or name.startswith('ffi_call'):  # models/native: the compiled weight gradients
+    return 'convolution weight gradient'
   if 'convolution' in (opcode, root):
     # Kernel-shaped ([C_in, kh, kw, C_out]), or XLA dropped the op name (weight gradients of models/conv.py).
     if shape.split('[')[1].split(',')[0] != batch or not op_name:

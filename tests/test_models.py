@@ -86,6 +86,61 @@ def test_cpu_convolution_equals_lax_convolution_values_and_gradients():
                                 atol=1e-5, rtol=1e-5, custom_message=f'{shape} k{k} s{stride}')
 
 
+# Cases of the compiled weight gradient (models/native): output channels a multiple of 16 (one and two
+# register blocks), input channels 1, 3 and not a multiple of the channel block, strides 1 and 2, odd and
+# non-square sizes, maps smaller than the kernel, the 7x7 stem, uneven padding.
+NATIVE_CASES = [
+    ((3, 14, 14, 32), 3, 1, 32, 1),
+    ((3, 9, 9, 1), 3, 2, 32, 1),
+    ((2, 7, 5, 12), 3, 2, 48, 1),
+    ((4, 2, 2, 64), 3, 1, 16, 1),
+    ((2, 4, 4, 40), 3, 2, 64, 1),
+    ((2, 16, 16, 3), 7, 2, 16, 3),
+    ((2, 6, 6, 8), 3, 1, 32, 0),
+    ((2, 6, 7, 8), 1, 2, 32, 0),
+]
+
+
+def test_native_weight_gradient_equals_lax_convolution_values_and_gradients():
+  """conv_impl='native' (the CPU default where a C++ compiler exists; .ci/run installs one): the compiled weight
+  gradient against lax.conv_general_dilated's, and the forward and input gradient unchanged, for every case."""
+  from byol_jax.models import conv, native
+  assert native.available(), 'the CPU kernels did not build (is g++ installed?)'
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  for shape, k, stride, cout, pad in NATIVE_CASES:
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], cout)) / k
+
+    def run(fn):
+      f = lambda x, w: fn(x, w, (stride, stride), ((pad, pad), (pad, pad + 1)), dimension_numbers=dn)
+      y, vjp = jax.vjp(f, x, w)
+      dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+      return jax.jit(lambda: (y, *vjp(dy)))()
+
+    # Sums of up to ~600 products in another order: float32 round-off measured against each array's scale.
+    errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))),
+                          run(conv.conv_general_dilated_native), run(jax.lax.conv_general_dilated))
+    assert max(errors) < 2e-6, (shape, k, stride, cout, errors)
+
+
+def test_native_weight_gradient_replaces_xlas_and_falls_back_where_it_cannot():
+  """With conv_impl='native' the kernel gradient of a 3x3 convolution is the custom call, not a convolution;
+  output channels that are not a multiple of 16, and bfloat16, keep XLA's."""
+  from byol_jax.models import conv, native
+  assert native.available()
+
+  def hlo(cout, dtype=jnp.float32):
+    x, w = jnp.ones((2, 8, 8, 8), dtype), jnp.ones((3, 3, 8, cout), dtype)
+    f = lambda w: jnp.sum(conv.conv_general_dilated_native(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return jax.jit(jax.grad(f)).lower(w).compile().as_text()
+
+  text = hlo(16)
+  assert native.TARGET in text and text.count(' convolution(') == 0
+  for text in (hlo(12), hlo(16, jnp.bfloat16)):
+    assert native.TARGET not in text and text.count(' convolution(') == 1
+
+
 def test_cpu_convolution_routes_small_convolutions_around_xla():
   """The point of models/conv.py: of a 3x3 convolution over a 2x2 input, only the kernel gradient is left to XLA
   as a convolution (the forward and the input gradient, which XLA would swap, are products on patches)."""
@@ -101,13 +156,13 @@ def test_cpu_convolution_routes_small_convolutions_around_xla():
 
 
 def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
-  """conv_impl='matmul_small' (what 'auto' picks on CPUs) against 'xla': the ResNet-18 layout at 32 px, down to
-  2x2 maps in the last stage, gives the same features and parameter gradients."""
+  """conv_impl='native' (what 'auto' picks on CPUs) and 'matmul_small' against 'xla': the ResNet-18 layout at
+  32 px, down to 2x2 maps in the last stage, gives the same features and parameter gradients."""
   from byol_jax.models.resnet import ResNet
   x = jax.random.uniform(jax.random.PRNGKey(3), (4, 32, 32, 1))
 
   def features_and_grads(impl):
-    model = ResNet('resnet18', in_channels=1, width=8, stem='cifar_stride2', conv_impl=impl, axis_name=None,
+    model = ResNet('resnet18', in_channels=1, width=16, stem='cifar_stride2', conv_impl=impl, axis_name=None,
                    rngs=nnx.Rngs(0))
 
     @nnx.jit
@@ -122,5 +177,7 @@ def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
   # amplifies the last bits of small entries, so an elementwise rtol would be the wrong yardstick.
   def relative_error(a, b):
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-  errors = jax.tree.map(relative_error, features_and_grads('matmul_small'), features_and_grads('xla'))
-  assert max(jax.tree.leaves(errors)) < 1e-5, errors
+  reference = features_and_grads('xla')
+  for impl in ('matmul_small', 'native'):
+    errors = jax.tree.map(relative_error, features_and_grads(impl), reference)
+    assert max(jax.tree.leaves(errors)) < 1e-5, (impl, errors)

@@ -15,6 +15,10 @@ backward pass makes the same choice:
     the gradient of the patches (one product) is placed back with padded slices (col2im);
   - weight gradient: a product of patches and output gradient for 1x1 kernels (XLA's form is a
     convolution with a batch-sized window: ~10x slower there), XLA's transpose otherwise.
+`conv_general_dilated_native` is the same with the weight gradients of the larger kernels computed by a
+compiled CPU kernel (models/native: XLA transposes x and dy for them and then runs at ~25 GFLOP/s; the
+kernel reads them in place at 90-235 GFLOP/s on one core), where it is built and the case is float32
+with output channels a multiple of 16; XLA's weight gradient otherwise and on other platforms.
 Results equal XLA's up to float32 summation order (tests/test_models.py). Anything else (dilations,
 groups, other layouts) goes to `lax.conv_general_dilated` unchanged.
 """
@@ -25,6 +29,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from byol_jax.models import native
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -39,8 +45,10 @@ def _is_nhwc(dimension_numbers) -> bool:
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated` with XLA:CPU's slow cases computed as matrix products (see module doc)."""
+                         dimension_numbers=None, feature_group_count=1, precision=None, *, native_weight_grad=False,
+                         **kwargs):
+  """`lax.conv_general_dilated` with XLA:CPU's slow cases computed as matrix products (see module doc);
+  `native_weight_grad`: the weight gradients of kernels larger than 1x1 by models/native on CPU."""
   plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1 and not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and kwargs.get('preferred_element_type') is None and kwargs.get('out_sharding') is None)
@@ -49,7 +57,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     dimension_numbers, feature_group_count, precision=precision, **kwargs)
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv(strides, pads, precision, lhs, rhs)
+  return _conv(strides, pads, precision, bool(native_weight_grad), lhs, rhs)
+
+
+def conv_general_dilated_native(*args, **kwargs):
+  """`conv_general_dilated` with the compiled CPU weight gradient (see module doc)."""
+  return conv_general_dilated(*args, native_weight_grad=True, **kwargs)
 
 
 def _xla_conv(x, w, strides, pads, precision):
@@ -85,12 +98,12 @@ def _forward(strides, pads, precision, x, w):
   return y.reshape(p.shape[:3] + (cout,)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _conv(strides, pads, precision, x, w):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _conv(strides, pads, precision, native_weight_grad, x, w):
   return _forward(strides, pads, precision, x, w)
 
 
-def _conv_fwd(strides, pads, precision, x, w):
+def _conv_fwd(strides, pads, precision, native_weight_grad, x, w):
   return _forward(strides, pads, precision, x, w), (x, w)
 
 
@@ -110,7 +123,15 @@ def _col2im(dpatches, x_shape, kernel_hw, strides, pads):
   return dx[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :]
 
 
-def _conv_bwd(strides, pads, precision, residuals, dy):
+def _weight_grad(x, dy, w, strides, pads, precision, native_weight_grad):
+  xla = lambda x_, dy_: jax.vjp(lambda w_: _xla_conv(x_, w_, strides, pads, precision), w)[1](dy_)[0]
+  if not (native_weight_grad and native.supports(x, dy, w) and native.available()):
+    return xla(x, dy)
+  compiled = lambda x_, dy_: native.conv_weight_grad(x_, dy_, w.shape[:2], strides, pads)
+  return lax.platform_dependent(x, dy, cpu=compiled, default=xla)  # the kernel exists for CPUs only
+
+
+def _conv_bwd(strides, pads, precision, native_weight_grad, residuals, dy):
   x, w = residuals
   kh, kw, cin, cout = w.shape
   dy2 = dy.reshape(-1, cout)
@@ -124,7 +145,7 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     p = _patches(x, (kh, kw), strides, pads).reshape(-1, cin)
     dw = jnp.dot(p.T, dy2, precision=precision).reshape(w.shape)
   else:
-    dw = jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads, precision), w)[1](dy)[0]
+    dw = _weight_grad(x, dy, w, strides, pads, precision, native_weight_grad)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from byol_jax.models import conv as cpu_conv
+from byol_jax.models import native
 from byol_jax.models.norm import ViewBatchNorm
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).
@@ -38,15 +39,19 @@ ARCHITECTURES = {
 
 STEMS = ('imagenet', 'cifar', 'cifar_stride2')
 MAX_POOL_IMPLS = ('auto', 'taps', 'phases', 'xla')
-CONV_IMPLS = ('auto', 'matmul_small', 'xla')
-# The convolution function of each conv_impl (models/conv.py: XLA:CPU's slow cases as matrix products).
-CONV_FUNCTIONS = {'xla': jax.lax.conv_general_dilated, 'matmul_small': cpu_conv.conv_general_dilated}
+CONV_IMPLS = ('auto', 'native', 'matmul_small', 'xla')
+# The convolution function of each conv_impl (models/conv.py: XLA:CPU's slow cases as matrix products;
+# 'native' adds the compiled CPU weight gradients of models/native).
+CONV_FUNCTIONS = {'xla': jax.lax.conv_general_dilated, 'matmul_small': cpu_conv.conv_general_dilated,
+                  'native': cpu_conv.conv_general_dilated_native}
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
-  """'auto': 'matmul_small' on CPUs (up to ~2x faster steps there), XLA's convolutions elsewhere."""
+  """'auto': on CPUs 'native' where its kernel builds (else 'matmul_small'), XLA's convolutions elsewhere."""
   if conv_impl == 'auto':
-    return 'matmul_small' if jax.default_backend() == 'cpu' else 'xla'
+    if jax.default_backend() != 'cpu':
+      return 'xla'
+    return 'native' if native.available() else 'matmul_small'
   return conv_impl
 
 

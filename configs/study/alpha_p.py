@@ -11,6 +11,12 @@ closest number in its tables: BYOL without EMA and a symmetric linear predictor,
 (Tbl 3), beside the alphap1 row. The theory (theory/, notebooks/05_alpha_p_sweep.ipynb): a larger alpha_p
 lets more modes escape collapse (Obs#1) but lets s_j grow less (Obs#2).
 
+lr 0.4 and weight decay 1e-4, not the base's 0.1 and 4e-4: SimSiam's loss (the mean of two negative
+cosines) has 1/4 the gradient of BYOL's (the sum of two 2 - 2 cos), so at the same lr a SimSiam run moves 4x
+slower. At 0.4 / 1e-4 the SimSiam step (gradient x lr, and lr x weight decay) is exactly the BYOL base's
+step with the target = online network (table3's `linear_sym,no_ema`, which collapses). Measured 2026-11-30
+(one seed, docs/study.md): at the base's lr 0.1 no alpha_p collapsed, so Fig. 6's rescue could not show.
+
 Rows:
   alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)
   alphap2    linear_sym,simsiam,alphap2
@@ -26,4 +32,8 @@ PAPER = {'alphap1': (36.62, 'Tbl 3 linear sym, no EMA (BYOL; closest to SimSiam 
 
 
 def get_config(arg=None):
-  return load_config_module(__file__, '_base.py').study('alpha_p', arg, STEPS, ROWS, PAPER)
+  c = load_config_module(__file__, '_base.py').study('alpha_p', arg, STEPS, ROWS, PAPER)
+  if not arg or arg == 'fashion_mnist':
+    c.base.optim.lr = 0.4  # SimSiam's loss has 1/4 of BYOL's gradient (see the docstring)
+    c.base.optim.weight_decay = 1e-4  # keeps lr x weight decay at the base's 0.1 x 4e-4
+  return c
