@@ -141,6 +141,31 @@ def test_native_weight_gradient_replaces_xlas_and_falls_back_where_it_cannot():
     assert native.TARGET not in text and text.count(' convolution(') == 1
 
 
+def test_native_convolution_routing_and_threads():
+  """conv_impl='native': a 3x3 convolution with 32 output channels runs forward, input and weight gradient as
+  the compiled kernels (no XLA convolution left), and their results do not depend on the thread count."""
+  import os
+  from byol_jax.models import conv, native
+  assert native.available()
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 10, 10, 32))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 32))
+
+  def value_and_grads():
+    f = lambda x, w: jnp.sum(jnp.sin(conv.conv_general_dilated_native(
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
+    fn = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+    return fn.lower(x, w).compile().as_text(), fn(x, w)
+
+  text, results = value_and_grads()
+  assert text.count(native.CONV_TARGET) >= 2 and native.TARGET in text and text.count(' convolution(') == 0
+  for threads in ('0', '1'):
+    os.environ['BYOL_JAX_NATIVE_THREADS'] = threads
+    try:
+      chex.assert_trees_all_equal(value_and_grads()[1], results)
+    finally:
+      del os.environ['BYOL_JAX_NATIVE_THREADS']
+
+
 def test_cpu_convolution_routes_small_convolutions_around_xla():
   """The point of models/conv.py: of a 3x3 convolution over a 2x2 input, only the kernel gradient is left to XLA
   as a convolution (the forward and the input gradient, which XLA would swap, are products on patches)."""

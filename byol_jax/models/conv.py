@@ -15,10 +15,12 @@ backward pass makes the same choice:
     the gradient of the patches (one product) is placed back with padded slices (col2im);
   - weight gradient: a product of patches and output gradient for 1x1 kernels (XLA's form is a
     convolution with a batch-sized window: ~10x slower there), XLA's transpose otherwise.
-`conv_general_dilated_native` is the same with the weight gradients of the larger kernels computed by a
-compiled CPU kernel (models/native: XLA transposes x and dy for them and then runs at ~25 GFLOP/s; the
-kernel reads them in place at 90-235 GFLOP/s on one core), where it is built and the case is float32
-with output channels a multiple of 16; XLA's weight gradient otherwise and on other platforms.
+`conv_general_dilated_native` is the same with compiled CPU kernels (models/native) where they are built
+and faster (float32; docs/benchmarks.md): the weight gradients of kernels larger than 1x1 (XLA transposes
+x and dy for them and then runs at ~25 GFLOP/s; the kernel reads them in place at 90-235 GFLOP/s), and the
+forward and stride-1 input gradient of the other convolutions whose kernel holds at most 1152 inputs
+(3x3x128) or whose output rows are at least 12 wide (1.5-2x XLA's there; slower on 8x8 maps of 256
+channels). XLA's computation everywhere else and on other platforms.
 Results equal XLA's up to float32 summation order (tests/test_models.py). Anything else (dilations,
 groups, other layouts) goes to `lax.conv_general_dilated` unchanged.
 """
@@ -45,10 +47,10 @@ def _is_nhwc(dimension_numbers) -> bool:
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, *, native_weight_grad=False,
+                         dimension_numbers=None, feature_group_count=1, precision=None, *, native_kernels=False,
                          **kwargs):
   """`lax.conv_general_dilated` with XLA:CPU's slow cases computed as matrix products (see module doc);
-  `native_weight_grad`: the weight gradients of kernels larger than 1x1 by models/native on CPU."""
+  `native_kernels`: models/native's compiled kernels on CPU where they are faster (see module doc)."""
   plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1 and not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and kwargs.get('preferred_element_type') is None and kwargs.get('out_sharding') is None)
@@ -57,12 +59,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     dimension_numbers, feature_group_count, precision=precision, **kwargs)
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv(strides, pads, precision, bool(native_weight_grad), lhs, rhs)
+  return _conv(strides, pads, precision, bool(native_kernels), lhs, rhs)
 
 
 def conv_general_dilated_native(*args, **kwargs):
-  """`conv_general_dilated` with the compiled CPU weight gradient (see module doc)."""
-  return conv_general_dilated(*args, native_weight_grad=True, **kwargs)
+  """`conv_general_dilated` with the compiled CPU kernels (see module doc)."""
+  return conv_general_dilated(*args, native_kernels=True, **kwargs)
 
 
 def _xla_conv(x, w, strides, pads, precision):
@@ -89,22 +91,34 @@ def _small(spatial, kernel_hw) -> bool:
   return tuple(kernel_hw) == (1, 1) or spatial[0] < kernel_hw[0] or spatial[1] < kernel_hw[1]
 
 
-def _forward(strides, pads, precision, x, w):
+def _native_conv(x, w, strides, pads, precision, native_kernels):
+  """XLA's convolution, or on CPU the compiled one where it is faster (see module doc)."""
+  kh, kw, cin, _ = w.shape
+  out_width = _out_size(x.shape[2], kw, strides[1], pads[1])
+  if not (native_kernels and native.conv_supports(x, w) and (kh * kw * cin <= 1152 or out_width >= 12)
+          and native.available()):
+    return _xla_conv(x, w, strides, pads, precision)
+  return lax.platform_dependent(
+      x, w, cpu=lambda x_, w_: native.conv(x_, w_, strides, pads),
+      default=lambda x_, w_: _xla_conv(x_, w_, strides, pads, precision))  # the kernel exists for CPUs only
+
+
+def _forward(strides, pads, precision, native_kernels, x, w):
   kh, kw, cin, cout = w.shape
   if not _small(x.shape[1:3], (kh, kw)):
-    return _xla_conv(x, w, strides, pads, precision)
+    return _native_conv(x, w, strides, pads, precision, native_kernels)
   p = _patches(x, (kh, kw), strides, pads)
   y = jnp.dot(p.reshape(-1, kh * kw * cin), w.reshape(kh * kw * cin, cout), precision=precision)
   return y.reshape(p.shape[:3] + (cout,)).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _conv(strides, pads, precision, native_weight_grad, x, w):
-  return _forward(strides, pads, precision, x, w)
+def _conv(strides, pads, precision, native_kernels, x, w):
+  return _forward(strides, pads, precision, native_kernels, x, w)
 
 
-def _conv_fwd(strides, pads, precision, native_weight_grad, x, w):
-  return _forward(strides, pads, precision, x, w), (x, w)
+def _conv_fwd(strides, pads, precision, native_kernels, x, w):
+  return _forward(strides, pads, precision, native_kernels, x, w), (x, w)
 
 
 def _col2im(dpatches, x_shape, kernel_hw, strides, pads):
@@ -123,15 +137,15 @@ def _col2im(dpatches, x_shape, kernel_hw, strides, pads):
   return dx[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :]
 
 
-def _weight_grad(x, dy, w, strides, pads, precision, native_weight_grad):
+def _weight_grad(x, dy, w, strides, pads, precision, native_kernels):
   xla = lambda x_, dy_: jax.vjp(lambda w_: _xla_conv(x_, w_, strides, pads, precision), w)[1](dy_)[0]
-  if not (native_weight_grad and native.supports(x, dy, w) and native.available()):
+  if not (native_kernels and native.supports(x, dy, w) and native.available()):
     return xla(x, dy)
   compiled = lambda x_, dy_: native.conv_weight_grad(x_, dy_, w.shape[:2], strides, pads)
   return lax.platform_dependent(x, dy, cpu=compiled, default=xla)  # the kernel exists for CPUs only
 
 
-def _conv_bwd(strides, pads, precision, native_weight_grad, residuals, dy):
+def _conv_bwd(strides, pads, precision, native_kernels, residuals, dy):
   x, w = residuals
   kh, kw, cin, cout = w.shape
   dy2 = dy.reshape(-1, cout)
@@ -139,13 +153,19 @@ def _conv_bwd(strides, pads, precision, native_weight_grad, residuals, dy):
   if _small(dy.shape[1:3], (kh, kw)):
     dpatches = jnp.dot(dy2, w.reshape(kh * kw * cin, cout).T, precision=precision)
     dx = _col2im(dpatches.reshape(dy.shape[:3] + (kh * kw * cin,)), x.shape, (kh, kw), strides, pads)
+  elif strides == (1, 1) and native_kernels and all(lo < k and hi < k for (lo, hi), k in zip(pads, (kh, kw))):
+    # Stride 1: the input gradient is the convolution of dy, padded by k - 1 - pad, with the flipped kernel
+    # whose input and output channels are swapped.
+    w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _native_conv(dy, w_t, strides, ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]),
+                                         (kw - 1 - pads[1][0], kw - 1 - pads[1][1])), precision, native_kernels)
   else:
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, precision), x)[1](dy)[0]
   if one_by_one:
     p = _patches(x, (kh, kw), strides, pads).reshape(-1, cin)
     dw = jnp.dot(p.T, dy2, precision=precision).reshape(w.shape)
   else:
-    dw = _weight_grad(x, dy, w, strides, pads, precision, native_weight_grad)
+    dw = _weight_grad(x, dy, w, strides, pads, precision, native_kernels)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

@@ -95,8 +95,8 @@ void co_block(const Geometry& g, const std::vector<const float*>& xs, const std:
 // takes items too and waits only for items already taken, so it never waits on a task that has not started
 // (no deadlock when the pool's threads are busy); a task that starts late finds no item left and touches
 // only the shared counters.
-void parallel_for(ffi::ThreadPool& pool, int64_t total, const std::function<void(int64_t)>& fn) {
-  const int64_t threads = std::min<int64_t>(pool.num_threads(), total);
+void parallel_for(ffi::ThreadPool& pool, bool parallel, int64_t total, const std::function<void(int64_t)>& fn) {
+  const int64_t threads = parallel ? std::min<int64_t>(pool.num_threads(), total) : 1;
   if (threads <= 1) {
     for (int64_t k = 0; k < total; ++k) fn(k);
     return;
@@ -120,7 +120,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t total, const std::function<void
   while (work->finished.load(std::memory_order_acquire) < total) std::this_thread::yield();
 }
 
-void weight_gradient(const Geometry& g, const float* x, const float* dy, float* dw, ffi::ThreadPool& pool) {
+void weight_gradient(const Geometry& g, const float* x, const float* dy, float* dw, ffi::ThreadPool& pool, bool parallel) {
   std::memset(dw, 0, sizeof(float) * g.kh * g.kw * g.ci * g.co);
   // Images per chunk: their x and dy fit in ~1 MiB (L2 on current x86 server cores).
   const int64_t image_bytes = sizeof(float) * (g.h * g.w * g.ci + g.ho * g.wo * g.co);
@@ -148,7 +148,7 @@ void weight_gradient(const Geometry& g, const float* x, const float* dy, float* 
         }
     }
     // Work items: (tap, block of output channels), each writing its own part of dw.
-    parallel_for(pool, taps * co_blocks, [&](int64_t item) {
+    parallel_for(pool, parallel, taps * co_blocks, [&](int64_t item) {
       const int64_t t = item / co_blocks, co0 = (item % co_blocks) * 16 * kNV;
       if (xs[t].empty()) return;
       float* dw_tap = dw + t * g.ci * g.co;
@@ -162,14 +162,15 @@ void weight_gradient(const Geometry& g, const float* x, const float* dy, float* 
 }
 
 ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                              ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                              ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                              int64_t parallel) {
   auto xd = x.dimensions(), dyd = dy.dimensions(), dwd = dw->dimensions();
   if (xd.size() != 4 || dyd.size() != 4 || dwd.size() != 4)
     return ffi::Error::InvalidArgument("conv_weight_grad: x, dy and dw must be rank 4 (NHWC, NHWC, HWIO)");
   Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], dyd[3], dwd[0], dwd[1], sh, sw, ph, pw};
   if (dyd[0] != g.n || dwd[2] != g.ci || dwd[3] != g.co || g.co % 16 != 0)
     return ffi::Error::InvalidArgument("conv_weight_grad: inconsistent shapes, or output channels not a multiple of 16");
-  weight_gradient(g, x.typed_data(), dy.typed_data(), dw->typed_data(), pool);
+  weight_gradient(g, x.typed_data(), dy.typed_data(), dw->typed_data(), pool, parallel != 0);
   return ffi::Error::Success();
 }
 
@@ -184,4 +185,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvWeightGrad, ConvWeightGradImpl,
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw"));
+                                  .Attr<int64_t>("pw")
+                                  .Attr<int64_t>("parallel"));

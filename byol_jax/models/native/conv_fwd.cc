@@ -1,0 +1,144 @@
+// A 2-D NHWC convolution on CPU, as an XLA FFI custom call (byol_jax/models/native.py):
+//
+//   y[n, oh, ow, co] = sum_{i, j, ci} x[n, oh*sh + i, ow*sw + j, ci] * w[i, j, ci, co]
+//
+// on an input already padded (XLA pads it; no borders here). Direct, register-blocked: a tile of P
+// consecutive output pixels of one row times 16 NV output channels is accumulated in registers over every
+// tap and input channel (NV weight vectors and P broadcasts of x per P NV multiply-adds). XLA:CPU runs
+// the convolutions of the small ResNets here at ~60 GFLOP/s (docs/benchmarks.md). Also the input gradient
+// of a stride-1 convolution: a convolution of the padded output gradient with the flipped, transposed
+// kernel. Rows x output blocks run on XLA's intra-op thread pool; each writes its own outputs.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+
+inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+struct Geometry {
+  int64_t n, h, w, ci, ho, wo, co, kh, kw, sh, sw;
+};
+
+#if defined(__AVX512F__)
+constexpr int kP = 12, kNV = 2;  // 12 pixels x 2 vectors of 16 floats: 24 of the 32 zmm registers
+#else
+constexpr int kP = 6, kNV = 1;   // AVX2: a 16-float vector is two ymm registers; 6 x 2 = 12 of the 16
+#endif
+
+// y[p, co0 + 16 v] for the P pixels starting at x row pointer xb (stride x_step between pixels).
+template <int P, int NV>
+void tile(const Geometry& g, const float* xb, int64_t x_step, const float* w, float* yb, int64_t co0) {
+  v16 acc[P][NV] = {};
+  const int64_t x_row = g.w * g.ci;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const float* xp = xb + i * x_row + j * g.ci;
+      const float* wp = w + (i * g.kw + j) * g.ci * g.co + co0;
+      for (int64_t c = 0; c < g.ci; ++c, wp += g.co) {
+        v16 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = load(wp + 16 * v);
+        for (int p = 0; p < P; ++p) {
+          const float xv = xp[p * x_step + c];
+          for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) store(yb + p * g.co + co0 + 16 * v, acc[p][v]);
+}
+
+template <int NV>
+void tile_any(int p, const Geometry& g, const float* xb, int64_t x_step, const float* w, float* yb, int64_t co0) {
+  switch (p) {
+#define CASE(P) case P: return tile<P, NV>(g, xb, x_step, w, yb, co0);
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#if defined(__AVX512F__)
+    CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+#endif
+#undef CASE
+  }
+}
+
+void parallel_for(ffi::ThreadPool& pool, bool parallel, int64_t total, const std::function<void(int64_t)>& fn) {
+  // As in conv_wgrad.cc: the caller takes items too and waits only for items already taken.
+  const int64_t threads = parallel ? std::min<int64_t>(pool.num_threads(), total) : 1;
+  if (threads <= 1) {
+    for (int64_t k = 0; k < total; ++k) fn(k);
+    return;
+  }
+  struct Work {
+    std::atomic<int64_t> next{0}, finished{0};
+    int64_t total;
+    std::function<void(int64_t)> fn;
+  };
+  auto work = std::make_shared<Work>();
+  work->total = total;
+  work->fn = fn;
+  auto drain = [](Work& w) {
+    for (int64_t k; (k = w.next.fetch_add(1)) < w.total;) {
+      w.fn(k);
+      w.finished.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule([work, drain] { drain(*work); });
+  drain(*work);
+  while (work->finished.load(std::memory_order_acquire) < total) std::this_thread::yield();
+}
+
+void convolution(const Geometry& g, const float* x, const float* w, float* y, ffi::ThreadPool& pool, bool parallel) {
+  constexpr int NV = kNV;
+  const int64_t co_blocks = g.co / (16 * NV), rows = g.n * g.ho;
+  const int64_t rows_per_item = std::max<int64_t>(1, rows / (8 * std::max<int64_t>(1, pool.num_threads())));
+  const int64_t items = (rows + rows_per_item - 1) / rows_per_item;
+  parallel_for(pool, parallel, items * co_blocks, [&](int64_t item) {
+    const int64_t co0 = (item % co_blocks) * 16 * NV, r0 = (item / co_blocks) * rows_per_item;
+    const int64_t r1 = std::min(rows, r0 + rows_per_item);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.ho, oh = r % g.ho;
+      const float* xrow = x + (n * g.h + oh * g.sh) * g.w * g.ci;
+      float* yrow = y + r * g.wo * g.co;
+      for (int64_t ow = 0; ow < g.wo; ow += kP) {
+        const int p = static_cast<int>(std::min<int64_t>(kP, g.wo - ow));
+        tile_any<NV>(p, g, xrow + ow * g.sw * g.ci, g.sw * g.ci, w, yrow + ow * g.co, co0);
+      }
+    }
+  });
+}
+
+ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t parallel) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument("conv: x, w and y must be rank 4 (NHWC, HWIO, NHWC)");
+  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], sh, sw};
+  if (yd[0] != g.n || wd[2] != g.ci || wd[3] != g.co || g.co % (16 * kNV) != 0 ||
+      (g.ho - 1) * sh + g.kh > g.h || (g.wo - 1) * sw + g.kw > g.w)
+    return ffi::Error::InvalidArgument("conv: inconsistent shapes, or output channels not a multiple of 32 (16 without AVX-512)");
+  convolution(g, x.typed_data(), w.typed_data(), y->typed_data(), pool, parallel != 0);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv, ConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("parallel"));
