@@ -70,11 +70,10 @@ void block(const Geometry& g, const float* const* xs, const float* const* ds, in
 }
 
 #if defined(__AVX512F__)
-constexpr int kCB = 8;  // 8 x 2 accumulators of 16 floats: 16 of the 32 zmm registers
+constexpr int kCB = 8, kNV = 2;  // 8 x 2 accumulators of 16 floats: 16 of the 32 zmm registers
 #else
-constexpr int kCB = 4;  // AVX2: a 16-float vector is two ymm registers; 4 x 2 x 2 = 16 registers
+constexpr int kCB = 4, kNV = 1;  // AVX2: a 16-float vector is two ymm registers; 4 x 2 of the 16
 #endif
-constexpr int kNV = 2;
 constexpr int64_t kTilePixels = 32;  // a dy tile (32 x 16 NV floats) and its x rows stay in L1 across ci blocks
 
 // One tap, one block of 16 NV output channels: tiles of ~kTilePixels pixels, every input-channel block per tile.
