@@ -1,9 +1,10 @@
 """CPU kernels XLA:CPU runs slowly, as XLA FFI custom calls compiled on first use.
 
 `conv_weight_grad(x, dy, kernel_hw, strides, pads)`: the weight gradient of an NHWC / HWIO convolution
-(conv_wgrad.cc); `conv(x, w, strides, pads)`: the convolution itself (conv_fwd.cc). The sources are compiled once per machine with the system's C++ compiler
+(conv_wgrad.cc); `conv(x, w, strides, pads)`: the convolution itself (conv_fwd.cc); common.h holds their
+vectors and thread-pool loop. They are compiled once per machine with the system's C++ compiler
 (`-O3 -march=native`, so AVX2 or AVX-512 as the CPU has) into `$BYOL_JAX_CACHE` (default
-`~/.cache/byol_jax/native/<hash of source, flags, compiler and jaxlib>/`), written atomically, and
+`~/.cache/byol_jax/native/<hash of sources, flags, compiler and jax>/`), written atomically, and
 registered with XLA for the CPU platform. `available()` is False, with one warning saying why, when there
 is no compiler or the build fails; callers then keep XLA's own computation. `BYOL_JAX_NATIVE=0` turns it
 off.
@@ -23,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-                for name in ('conv_wgrad.cc', 'conv_fwd.cc'))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = tuple(os.path.join(_HERE, name) for name in ('conv_wgrad.cc', 'conv_fwd.cc'))
+HEADERS = (os.path.join(_HERE, 'common.h'),)
 TARGET = 'byol_jax_conv_weight_grad'
 CONV_TARGET = 'byol_jax_conv'
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
@@ -43,7 +45,7 @@ def _build(compiler: str) -> str:
   """The path of the compiled library (built now if this source, compiler and jaxlib have none yet)."""
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=True).stdout
   key = hashlib.sha256(repr((FLAGS, version, jax.__version__)).encode())
-  for source in SOURCES:
+  for source in SOURCES + HEADERS:
     with open(source, 'rb') as f:
       key.update(f.read())
   folder = os.path.join(_cache_dir(), key.hexdigest()[:16])

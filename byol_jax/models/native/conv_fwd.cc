@@ -8,24 +8,19 @@
 // the convolutions of the small ResNets here at ~60 GFLOP/s (docs/benchmarks.md). Also the input gradient
 // of a stride-1 convolution: a convolution of the padded output gradient with the flipped, transposed
 // kernel. Rows x output blocks run on XLA's intra-op thread pool; each writes its own outputs.
-#include <algorithm>
-#include <atomic>
+
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <thread>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
+using byol_jax_native::load;
+using byol_jax_native::parallel_for;
+using byol_jax_native::store;
+using byol_jax_native::v16;
 
 namespace {
-
-typedef float v16 __attribute__((vector_size(64)));
-
-inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 struct Geometry {
   int64_t n, h, w, ci, ho, wo, co, kh, kw, sh, sw;
@@ -70,32 +65,6 @@ void tile_any(int p, const Geometry& g, const float* xb, int64_t x_step, const f
 #endif
 #undef CASE
   }
-}
-
-void parallel_for(ffi::ThreadPool& pool, bool parallel, int64_t total, const std::function<void(int64_t)>& fn) {
-  // As in conv_wgrad.cc: the caller takes items too and waits only for items already taken.
-  const int64_t threads = parallel ? std::min<int64_t>(pool.num_threads(), total) : 1;
-  if (threads <= 1) {
-    for (int64_t k = 0; k < total; ++k) fn(k);
-    return;
-  }
-  struct Work {
-    std::atomic<int64_t> next{0}, finished{0};
-    int64_t total;
-    std::function<void(int64_t)> fn;
-  };
-  auto work = std::make_shared<Work>();
-  work->total = total;
-  work->fn = fn;
-  auto drain = [](Work& w) {
-    for (int64_t k; (k = w.next.fetch_add(1)) < w.total;) {
-      w.fn(k);
-      w.finished.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t t = 1; t < threads; ++t) pool.Schedule([work, drain] { drain(*work); });
-  drain(*work);
-  while (work->finished.load(std::memory_order_acquire) < total) std::this_thread::yield();
 }
 
 void convolution(const Geometry& g, const float* x, const float* w, float* y, ffi::ThreadPool& pool, bool parallel) {

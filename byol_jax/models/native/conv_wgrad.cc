@@ -9,25 +9,19 @@
 // stay in registers while the valid pixels of a chunk of images stream by; the chunk is sized so that its
 // x and dy stay in the L2 cache across the taps and blocks. The (tap, output block) items of a chunk run on
 // XLA's intra-op thread pool; each writes its own part of dW, so the result does not depend on the threads. Vectors are GCC's generic vectors, so the same source builds for AVX2 and AVX-512.
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
+using byol_jax_native::load;
+using byol_jax_native::parallel_for;
+using byol_jax_native::store;
+using byol_jax_native::v16;
 
 namespace {
-
-typedef float v16 __attribute__((vector_size(64)));
-
-inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 struct Geometry {
   int64_t n, h, w, ci, ho, wo, co, kh, kw, sh, sw, ph, pw;
@@ -88,35 +82,6 @@ void co_block(const Geometry& g, const std::vector<const float*>& xs, const std:
     for (; ci0 + kCB <= g.ci; ci0 += kCB) block<kCB, NV>(g, &xs[r0], &ds[r0], rows, width, dw_tap, ci0, co0);
     for (; ci0 < g.ci; ++ci0) block<1, NV>(g, &xs[r0], &ds[r0], rows, width, dw_tap, ci0, co0);
   }
-}
-
-// Calls fn(0) ... fn(total - 1), on the intra-op thread pool's threads and the calling thread. The caller
-// takes items too and waits only for items already taken, so it never waits on a task that has not started
-// (no deadlock when the pool's threads are busy); a task that starts late finds no item left and touches
-// only the shared counters.
-void parallel_for(ffi::ThreadPool& pool, bool parallel, int64_t total, const std::function<void(int64_t)>& fn) {
-  const int64_t threads = parallel ? std::min<int64_t>(pool.num_threads(), total) : 1;
-  if (threads <= 1) {
-    for (int64_t k = 0; k < total; ++k) fn(k);
-    return;
-  }
-  struct Work {
-    std::atomic<int64_t> next{0}, finished{0};
-    int64_t total;
-    std::function<void(int64_t)> fn;
-  };
-  auto work = std::make_shared<Work>();
-  work->total = total;
-  work->fn = fn;
-  auto drain = [](Work& w) {
-    for (int64_t k; (k = w.next.fetch_add(1)) < w.total;) {
-      w.fn(k);
-      w.finished.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t t = 1; t < threads; ++t) pool.Schedule([work, drain] { drain(*work); });
-  drain(*work);
-  while (work->finished.load(std::memory_order_acquire) < total) std::this_thread::yield();
 }
 
 void weight_gradient(const Geometry& g, const float* x, const float* dy, float* dw, ffi::ThreadPool& pool, bool parallel) {
