@@ -49,9 +49,8 @@ def hlo_ops(hlo_dir):
 
 
 def category(name, shape, opcode, op_name, root, batch):
-  if opcode == 'custom-call' or name.startswith('ffi_call'):  # models/native: the compiled weight gradients
-    return 'convolution weight gradient'
-  if 'convolution' in (opcode, root):
+  if 'convolution' in (opcode, root) or opcode == 'custom-call' or name.startswith('ffi_call'):
+    # (custom calls: models/native's compiled convolutions and weight gradients)
     # Kernel-shaped ([C_in, kh, kw, C_out]), or XLA dropped the op name (weight gradients of models/conv.py).
     if shape.split('[')[1].split(',')[0] != batch or not op_name:
       return 'convolution weight gradient'
@@ -71,8 +70,11 @@ def main():
   ap.add_argument('--top', type=int, default=15)
   a = ap.parse_args()
   times, ops = op_times(a.trace_dir), hlo_ops(a.hlo_dir)
-  conv_batches = collections.Counter(shape.split('[')[1].split(',')[0] for shape, opcode, op, root in ops.values()
-                                     if 'convolution' in (opcode, root) and op.endswith('jvp()/conv_general_dilated'))
+  # The batch: the leading dimension of the forward convolutions (XLA's, or models/native's custom calls).
+  conv_batches = collections.Counter(
+      shape.split('[')[1].split(',')[0] for shape, opcode, op, root in ops.values()
+      if ('convolution' in (opcode, root) and op.endswith('jvp()/conv_general_dilated'))
+      or (opcode == 'custom-call' and 'jvp()' in op and 'transpose(' not in op))
   batch = conv_batches.most_common(1)[0][0] if conv_batches else '?'
   by_category = collections.Counter()
   for name, us in times.items():

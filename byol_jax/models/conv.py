@@ -19,8 +19,8 @@ backward pass makes the same choice:
 and faster (float32; docs/benchmarks.md): the weight gradients of kernels larger than 1x1 (XLA transposes
 x and dy for them and then runs at ~25 GFLOP/s; the kernel reads them in place at 90-235 GFLOP/s), and the
 forward and stride-1 input gradient of the other convolutions whose kernel holds at most 1152 inputs
-(3x3x128) or whose output rows are at least 12 wide (1.5-2x XLA's there; slower on 8x8 maps of 256
-channels). XLA's computation everywhere else and on other platforms.
+(3x3x128: 1.1-2.1x XLA's there; with 256 input channels XLA's is faster). XLA's computation everywhere
+else and on other platforms.
 Results equal XLA's up to float32 summation order (tests/test_models.py). Anything else (dilations,
 groups, other layouts) goes to `lax.conv_general_dilated` unchanged.
 """
@@ -94,9 +94,7 @@ def _small(spatial, kernel_hw) -> bool:
 def _native_conv(x, w, strides, pads, precision, native_kernels):
   """XLA's convolution, or on CPU the compiled one where it is faster (see module doc)."""
   kh, kw, cin, _ = w.shape
-  out_width = _out_size(x.shape[2], kw, strides[1], pads[1])
-  if not (native_kernels and native.conv_supports(x, w) and (kh * kw * cin <= 1152 or out_width >= 12)
-          and native.available()):
+  if not (native_kernels and native.conv_supports(x, w) and kh * kw * cin <= 1152 and native.available()):
     return _xla_conv(x, w, strides, pads, precision)
   return lax.platform_dependent(
       x, w, cpu=lambda x_, w_: native.conv(x_, w_, strides, pads),

@@ -2,12 +2,13 @@
 //
 //   y[n, oh, ow, co] = sum_{i, j, ci} x[n, oh*sh + i, ow*sw + j, ci] * w[i, j, ci, co]
 //
-// on an input already padded (XLA pads it; no borders here). Direct, register-blocked: a tile of P
-// consecutive output pixels of one row times 16 NV output channels is accumulated in registers over every
-// tap and input channel (NV weight vectors and P broadcasts of x per P NV multiply-adds). XLA:CPU runs
+// on an input already padded (XLA pads it; no borders here). Direct, register-blocked: a tile of P output
+// pixels (consecutive in a row, or the same pixel of P images where rows are shorter than P) times 16 NV
+// output channels is accumulated in registers over every tap and input channel (NV weight vectors and P
+// broadcasts of x per P NV multiply-adds). XLA:CPU runs
 // the convolutions of the small ResNets here at ~60 GFLOP/s (docs/benchmarks.md). Also the input gradient
 // of a stride-1 convolution: a convolution of the padded output gradient with the flipped, transposed
-// kernel. Rows x output blocks run on XLA's intra-op thread pool; each writes its own outputs.
+// kernel. Row or image groups x output blocks run on XLA's intra-op thread pool; each writes its own outputs.
 
 #include <cstdint>
 #include <cstring>
@@ -32,9 +33,11 @@ constexpr int kP = 12, kNV = 2;  // 12 pixels x 2 vectors of 16 floats: 24 of th
 constexpr int kP = 6, kNV = 1;   // AVX2: a 16-float vector is two ymm registers; 6 x 2 = 12 of the 16
 #endif
 
-// y[p, co0 + 16 v] for the P pixels starting at x row pointer xb (stride x_step between pixels).
+// y[p, co0 + 16 v] for P output pixels: pixel p reads x from xb + p x_step and writes y at yb + p y_step
+// (consecutive pixels of a row, or the same pixel of consecutive images).
 template <int P, int NV>
-void tile(const Geometry& g, const float* xb, int64_t x_step, const float* w, float* yb, int64_t co0) {
+void tile(const Geometry& g, const float* xb, int64_t x_step, const float* w, float* yb, int64_t y_step,
+          int64_t co0) {
   v16 acc[P][NV] = {};
   const int64_t x_row = g.w * g.ci;
   for (int64_t i = 0; i < g.kh; ++i) {
@@ -52,13 +55,14 @@ void tile(const Geometry& g, const float* xb, int64_t x_step, const float* w, fl
     }
   }
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < NV; ++v) store(yb + p * g.co + co0 + 16 * v, acc[p][v]);
+    for (int v = 0; v < NV; ++v) store(yb + p * y_step + co0 + 16 * v, acc[p][v]);
 }
 
 template <int NV>
-void tile_any(int p, const Geometry& g, const float* xb, int64_t x_step, const float* w, float* yb, int64_t co0) {
+void tile_any(int p, const Geometry& g, const float* xb, int64_t x_step, const float* w, float* yb, int64_t y_step,
+              int64_t co0) {
   switch (p) {
-#define CASE(P) case P: return tile<P, NV>(g, xb, x_step, w, yb, co0);
+#define CASE(P) case P: return tile<P, NV>(g, xb, x_step, w, yb, y_step, co0);
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
 #if defined(__AVX512F__)
     CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
@@ -69,22 +73,36 @@ void tile_any(int p, const Geometry& g, const float* xb, int64_t x_step, const f
 
 void convolution(const Geometry& g, const float* x, const float* w, float* y, ffi::ThreadPool& pool, bool parallel) {
   constexpr int NV = kNV;
-  const int64_t co_blocks = g.co / (16 * NV), rows = g.n * g.ho;
-  const int64_t rows_per_item = std::max<int64_t>(1, rows / (8 * std::max<int64_t>(1, pool.num_threads())));
-  const int64_t items = (rows + rows_per_item - 1) / rows_per_item;
-  parallel_for(pool, parallel, items * co_blocks, [&](int64_t item) {
-    const int64_t co0 = (item % co_blocks) * 16 * NV, r0 = (item / co_blocks) * rows_per_item;
-    const int64_t r1 = std::min(rows, r0 + rows_per_item);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / g.ho, oh = r % g.ho;
-      const float* xrow = x + (n * g.h + oh * g.sh) * g.w * g.ci;
-      float* yrow = y + r * g.wo * g.co;
-      for (int64_t ow = 0; ow < g.wo; ow += kP) {
-        const int p = static_cast<int>(std::min<int64_t>(kP, g.wo - ow));
-        tile_any<NV>(p, g, xrow + ow * g.sw * g.ci, g.sw * g.ci, w, yrow + ow * g.co, co0);
+  const int64_t co_blocks = g.co / (16 * NV), threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t x_image = g.h * g.w * g.ci, y_image = g.ho * g.wo * g.co;
+  if (g.wo >= kP) {
+    // Wide maps: tiles of kP pixels along each output row (the last tile of a row may be shorter).
+    const int64_t rows = g.n * g.ho, rows_per_item = std::max<int64_t>(1, rows / (8 * threads));
+    const int64_t items = (rows + rows_per_item - 1) / rows_per_item;
+    parallel_for(pool, parallel, items * co_blocks, [&](int64_t item) {
+      const int64_t co0 = (item % co_blocks) * 16 * NV, r0 = (item / co_blocks) * rows_per_item;
+      for (int64_t r = r0; r < std::min(rows, r0 + rows_per_item); ++r) {
+        const int64_t n = r / g.ho, oh = r % g.ho;
+        const float* xrow = x + n * x_image + oh * g.sh * g.w * g.ci;
+        float* yrow = y + r * g.wo * g.co;
+        for (int64_t ow = 0; ow < g.wo; ow += kP) {
+          const int p = static_cast<int>(std::min<int64_t>(kP, g.wo - ow));
+          tile_any<NV>(p, g, xrow + ow * g.sw * g.ci, g.sw * g.ci, w, yrow + ow * g.co, g.co, co0);
+        }
       }
-    }
-  });
+    });
+  } else {
+    // Narrow maps (rows shorter than a tile): tiles of kP images at each output pixel.
+    const int64_t groups = (g.n + kP - 1) / kP;
+    parallel_for(pool, parallel, groups * co_blocks, [&](int64_t item) {
+      const int64_t co0 = (item % co_blocks) * 16 * NV, n0 = (item / co_blocks) * kP;
+      const int p = static_cast<int>(std::min<int64_t>(kP, g.n - n0));
+      for (int64_t oh = 0; oh < g.ho; ++oh)
+        for (int64_t ow = 0; ow < g.wo; ++ow)
+          tile_any<NV>(p, g, x + n0 * x_image + (oh * g.sh * g.w + ow * g.sw) * g.ci, x_image, w,
+                       y + n0 * y_image + (oh * g.wo + ow) * g.co, y_image, co0);
+    });
+  }
 }
 
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
