@@ -86,9 +86,9 @@ def test_cpu_convolution_equals_lax_convolution_values_and_gradients():
                                 atol=1e-5, rtol=1e-5, custom_message=f'{shape} k{k} s{stride}')
 
 
-# Cases of the compiled weight gradient (models/native): output channels a multiple of 16 (one and two
-# register blocks), input channels 1, 3 and not a multiple of the channel block, strides 1 and 2, odd and
-# non-square sizes, maps smaller than the kernel, the 7x7 stem, uneven padding.
+# Cases of the compiled kernels (models/native): output channels a multiple of 16 (one and two register
+# blocks), input channels 1, 3 and not a multiple of the channel block, strides 1 and 2, odd and non-square
+# sizes, maps smaller than the kernel or than a tile, more images than a tile, the 7x7 stem, uneven padding.
 NATIVE_CASES = [
     ((3, 14, 14, 32), 3, 1, 32, 1),
     ((3, 9, 9, 1), 3, 2, 32, 1),
@@ -98,6 +98,8 @@ NATIVE_CASES = [
     ((2, 16, 16, 3), 7, 2, 16, 3),
     ((2, 6, 6, 8), 3, 1, 32, 0),
     ((2, 6, 7, 8), 1, 2, 32, 0),
+    ((14, 4, 4, 32), 3, 2, 32, 1),   # maps narrower than a tile: the forward tiles 12 images (12 + 2)
+    ((13, 5, 5, 16), 3, 1, 64, 1),
 ]
 
 
