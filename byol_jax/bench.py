@@ -13,7 +13,7 @@ Each variant is a '+'-joined list of changes to the config's step:
                                      phases backward (CPU default) or XLA's
   conv_xla | conv_matmul_small | conv_native
                                      convolutions: XLA's everywhere, XLA:CPU's slow cases as products, or
-                                     those and the compiled CPU weight gradients (CPU default)
+                                     those and the compiled CPU convolution kernels (CPU default)
 e.g. `--variants=no_augment,no_augment+linear,no_augment+eigh,full`. Each variant is compiled once and
 timed `repeats` times over `steps` steps after `warmup` steps (the median is reported).
 

@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 64            # channels of the first stage
   c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool), 'cifar_stride2' (3x3/2 conv) or 'imagenet'
   c.model.max_pool_impl = 'auto'  # ImageNet stem: 'taps' (GPUs), 'phases' (CPUs), 'xla' or 'auto'; same result
-  c.model.conv_impl = 'auto'    # CPUs: 'native' (+ compiled weight gradients) or 'matmul_small'; 'xla'; 'auto'
+  c.model.conv_impl = 'auto'    # CPUs: 'native' (compiled conv kernels) or 'matmul_small'; 'xla'; 'auto'
   c.model.projector_hidden = 512
   c.model.projector_dim = 128
   c.model.projector_bn_affine = False  # paper (STL/CIFAR): BatchNorm1d(affine=False); BYOL: True

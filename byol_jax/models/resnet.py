@@ -41,7 +41,7 @@ STEMS = ('imagenet', 'cifar', 'cifar_stride2')
 MAX_POOL_IMPLS = ('auto', 'taps', 'phases', 'xla')
 CONV_IMPLS = ('auto', 'native', 'matmul_small', 'xla')
 # The convolution function of each conv_impl (models/conv.py: XLA:CPU's slow cases as matrix products;
-# 'native' adds the compiled CPU weight gradients of models/native).
+# 'native' adds the compiled CPU convolution kernels of models/native).
 CONV_FUNCTIONS = {'xla': jax.lax.conv_general_dilated, 'matmul_small': cpu_conv.conv_general_dilated,
                   'native': cpu_conv.conv_general_dilated_native}
 
