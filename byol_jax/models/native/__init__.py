@@ -92,7 +92,8 @@ def _parallel() -> int:
   threads there would only contend with the other device's."""
   if os.environ.get('BYOL_JAX_NATIVE_THREADS'):
     return int(os.environ['BYOL_JAX_NATIVE_THREADS'] != '0')
-  return int(jax.local_device_count('cpu') < len(os.sched_getaffinity(0)))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)  # macOS
+  return int(jax.local_device_count('cpu') < cores)
 
 
 def supports(x, dy, w) -> bool:
