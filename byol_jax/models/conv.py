@@ -91,10 +91,19 @@ def _small(spatial, kernel_hw) -> bool:
   return tuple(kernel_hw) == (1, 1) or spatial[0] < kernel_hw[0] or spatial[1] < kernel_hw[1]
 
 
+def _native_forward(x, w, native_kernels) -> bool:
+  """Whether the compiled forward is used (see module doc): kernels of up to 3x3x128 inputs, and up to 3x3x256 over
+  maps smaller than the kernel (the default network's 2x2 stage: the kernel skips the taps that fall in the padding,
+  which im2col multiplies; with ResNet-18's 3x3x512 the step is slower, measured)."""
+  kh, kw, cin, _ = w.shape
+  limit = 2304 if _small(x.shape[1:3], (kh, kw)) else 1152
+  return (native_kernels and native.conv_supports(x, w) and (kh, kw) != (1, 1) and kh * kw * cin <= limit
+          and native.available())
+
+
 def _native_conv(x, w, strides, pads, precision, native_kernels):
   """XLA's convolution, or on CPU the compiled one where it is faster (see module doc)."""
-  kh, kw, cin, _ = w.shape
-  if not (native_kernels and native.conv_supports(x, w) and kh * kw * cin <= 1152 and native.available()):
+  if not _native_forward(x, w, native_kernels):
     return _xla_conv(x, w, strides, pads, precision)
   return lax.platform_dependent(
       x, w, cpu=lambda x_, w_: native.conv(x_, w_, strides, pads),
@@ -103,7 +112,7 @@ def _native_conv(x, w, strides, pads, precision, native_kernels):
 
 def _forward(strides, pads, precision, native_kernels, x, w):
   kh, kw, cin, cout = w.shape
-  if not _small(x.shape[1:3], (kh, kw)):
+  if not _small(x.shape[1:3], (kh, kw)) or _native_forward(x, w, native_kernels):
     return _native_conv(x, w, strides, pads, precision, native_kernels)
   p = _patches(x, (kh, kw), strides, pads)
   y = jnp.dot(p.reshape(-1, kh * kw * cin), w.reshape(kh * kw * cin, cout), precision=precision)
@@ -148,7 +157,8 @@ def _conv_bwd(strides, pads, precision, native_kernels, residuals, dy):
   kh, kw, cin, cout = w.shape
   dy2 = dy.reshape(-1, cout)
   one_by_one = (kh, kw) == (1, 1)
-  if _small(dy.shape[1:3], (kh, kw)):
+  if _small(dy.shape[1:3], (kh, kw)):  # (also where the compiled kernel exists: it would need a transposed copy
+    # of the kernel, 9 MB for 3x3x512x512, which costs more than col2im's padding)
     dpatches = jnp.dot(dy2, w.reshape(kh * kw * cin, cout).T, precision=precision)
     dx = _col2im(dpatches.reshape(dy.shape[:3] + (kh * kw * cin,)), x.shape, (kh, kw), strides, pads)
   elif strides == (1, 1) and native_kernels and all(lo < k and hi < k for (lo, hi), k in zip(pads, (kh, kw))):

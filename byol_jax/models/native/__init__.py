@@ -123,9 +123,15 @@ def conv(x, w, strides, pads):
   """`lax.conv_general_dilated(x, w, strides, pads, ('NHWC', 'HWIO', 'NHWC'))` by the compiled kernel (CPU only)."""
   if not available():
     raise RuntimeError('byol_jax CPU kernels are not available (see the warning above); use XLA\'s convolution')
-  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
   kh, kw, _, cout = w.shape
-  ho, wo = (x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1
+  if x.shape[-1] < 8:
+    # Few input channels (a stem): a tap's work is too short for the kernel's border handling, so XLA pads.
+    x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    pads = ((0, 0), (0, 0))
+  (top, bottom), (left, right) = pads
+  ho = (x.shape[1] + top + bottom - kh) // strides[0] + 1
+  wo = (x.shape[2] + left + right - kw) // strides[1] + 1
   out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, cout), jnp.float32)
   return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method='sequential')(
-      x, w, sh=np.int64(strides[0]), sw=np.int64(strides[1]), parallel=np.int64(_parallel()))
+      x, w, sh=np.int64(strides[0]), sw=np.int64(strides[1]), ph=np.int64(top), pw=np.int64(left),
+      parallel=np.int64(_parallel()))
