@@ -19,8 +19,9 @@ backward pass makes the same choice:
 and faster (float32; docs/benchmarks.md): the weight gradients of kernels larger than 1x1 (XLA transposes
 x and dy for them and then runs at ~25 GFLOP/s; the kernel reads them in place at 90-235 GFLOP/s), and the
 forward and stride-1 input gradient of the other convolutions whose kernel holds at most 1152 inputs
-(3x3x128: 1.1-2.1x XLA's there; with 256 input channels XLA's is faster). XLA's computation everywhere
-else and on other platforms.
+(3x3x128: 1.1-2.1x XLA's there; with 256 input channels XLA's is faster), and the forward over maps smaller
+than a kernel of up to 3x3x256 (2x2 maps: the kernel skips the taps in the padding, which im2col
+multiplies). XLA's computation everywhere else and on other platforms.
 Results equal XLA's up to float32 summation order (tests/test_models.py). Anything else (dilations,
 groups, other layouts) goes to `lax.conv_general_dilated` unchanged.
 """

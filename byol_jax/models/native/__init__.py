@@ -120,7 +120,8 @@ def conv_supports(x, w) -> bool:
 
 
 def conv(x, w, strides, pads):
-  """`lax.conv_general_dilated(x, w, strides, pads, ('NHWC', 'HWIO', 'NHWC'))` by the compiled kernel (CPU only)."""
+  """`lax.conv_general_dilated(x, w, strides, pads, ('NHWC', 'HWIO', 'NHWC'))` by the compiled kernel (CPU only),
+  which reads x as zero outside its borders (no padded copy of x)."""
   if not available():
     raise RuntimeError('byol_jax CPU kernels are not available (see the warning above); use XLA\'s convolution')
   kh, kw, _, cout = w.shape
