@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 0        # offline probe + kNN every N steps; 0: only at step 0 and at the end
   c.train.eval_at_start = True  # evaluate the random initialisation (the baseline the run improves on)
   c.train.num_devices = 0       # 0: every device of every process
-  c.train.cpu_devices = 0       # JAX devices made of the CPU's cores (0: one per core, at most 2); see set_cpu_devices
+  c.train.cpu_devices = 0       # JAX devices made of the CPU's cores (0: automatic: one per core, at most 2, when each gets >= 64 images, else 1); see set_cpu_devices
   c.train.compute_dtype = 'float32'  # or 'bfloat16' (parameters, optimizer and BN statistics stay float32)
   c.train.progress_bar = True
 
@@ -121,22 +121,25 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def set_cpu_devices(config) -> int | None:
-  """Splits the CPU into `train.cpu_devices` JAX devices (0: one per core, at most 2) before JAX starts.
+  """Splits the CPU into `train.cpu_devices` JAX devices before JAX starts (0: automatic, below).
 
-  On 2 cores, two devices that each take half the batch run the default step ~1.2-1.5x faster than one device
-  whose operations are each spread over both cores: the network's small operations do not parallelise well
-  (docs/benchmarks.md); 4 devices on 2 cores were slower. The update is one function over the global
-  batch whatever the device count (BatchNorm statistics, gradients and F are reduced over all devices).
-  Entry points call this before any JAX computation. It does nothing when XLA_FLAGS already sets
-  --xla_force_host_platform_device_count (the tests' 8 devices), or once JAX's backends exist. Accelerators
+  Automatic: one device per core (at most 2) when each device gets at least 64 images of a view, else one device
+  whose compiled kernels and XLA operations use every core. With the compiled CPU convolutions (models/native),
+  measured on 2 cores (docs/benchmarks.md): the default config (batch 128) and ResNet-18 at batch 128 run 1.0-1.1x
+  faster on two devices; ResNet-18 at batch 32 runs 1.07-1.15x faster on one (each device's operations are then
+  too small, and every BatchNorm waits on the other device). 4 devices on 2 cores were slower. The update is one
+  function over the global batch whatever the device count (BatchNorm statistics, gradients and F are reduced
+  over all devices). Entry points call this before any JAX computation. It does nothing when XLA_FLAGS already
+  sets --xla_force_host_platform_device_count (the tests' 8 devices), or once JAX's backends exist. Accelerators
   are unaffected: their devices are not CPU devices. Returns the count set, or None.
   """
   import jax
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return None
   requested = config.train.cpu_devices
-  _check(requested >= 0, f'train.cpu_devices={requested} must be >= 0 (0: one per core, at most 2)')
-  count = requested or max(1, min(2, len(os.sched_getaffinity(0))))
+  _check(requested >= 0, f'train.cpu_devices={requested} must be >= 0 (0: automatic)')
+  cores = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)))
+  count = requested or (cores if config.train.batch_size // cores >= 64 else 1)
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:  # JAX already runs (a test, a notebook): keep its devices
@@ -198,7 +201,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(c.train.batch_size > 0, f'train.batch_size={c.train.batch_size} must be positive')
   _check(c.train.checkpoint_every > 0, 'train.checkpoint_every must be positive')
   _check(c.train.log_every > 0, 'train.log_every must be positive')
-  _check(c.train.cpu_devices >= 0, f'train.cpu_devices={c.train.cpu_devices} must be >= 0 (0: one per core, at most 2)')
+  _check(c.train.cpu_devices >= 0, f'train.cpu_devices={c.train.cpu_devices} must be >= 0 (0: automatic)')
   _check(c.train.compute_dtype in ('float32', 'bfloat16'),
          f"train.compute_dtype={c.train.compute_dtype!r}; use 'float32' or 'bfloat16'")
   if num_devices is not None:
