@@ -144,7 +144,8 @@ def step_flops(lowered, step_fn, state, batch) -> float:
   return _flops(step_lib.shard_map_step(step_fn, cpu_mesh, donate=False).lower(*abstract))
 
 
-def time_variant(config, variant: str, measured_peak: float | None = None) -> dict:
+def build_variant(config, variant: str):
+  """(config with the variant's changes, mesh, step function, its shard_map'd jit, initial state, fake batch)."""
   changes, with_views = parse_variant(variant)
   config = config_lib.finalize(config_lib.override(config.copy_and_resolve_references(), changes))
   mesh = step_lib.make_mesh(config.train.num_devices)
@@ -156,7 +157,11 @@ def time_variant(config, variant: str, measured_peak: float | None = None) -> di
   networks, state = state_lib.build(config, in_channels=channels, num_classes=info['num_classes'], tx=tx)
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   step_fn = step_lib.make_step(config, networks, tx, info['mean'], info['std'])
-  step = step_lib.shard_map_step(step_fn, mesh)
+  return config, mesh, step_fn, step_lib.shard_map_step(step_fn, mesh), state, batch
+
+
+def time_variant(config, variant: str, measured_peak: float | None = None) -> dict:
+  config, mesh, step_fn, step, state, batch = build_variant(config, variant)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
