@@ -162,6 +162,7 @@ def build_variant(config, variant: str):
 
 def time_variant(config, variant: str, measured_peak: float | None = None) -> dict:
   config, mesh, step_fn, step, state, batch = build_variant(config, variant)
+  with_views = parse_variant(variant)[1]
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
