@@ -13,7 +13,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from byol_jax import evaluate, spectral
-from byol_jax.models import resnet
+from byol_jax.models import native, resnet
 
 METHODS = ('byol', 'simsiam')
 PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
@@ -138,7 +138,7 @@ def set_cpu_devices(config) -> int | None:
     return None
   requested = config.train.cpu_devices
   _check(requested >= 0, f'train.cpu_devices={requested} must be >= 0 (0: automatic)')
-  cores = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)))
+  cores = max(1, min(2, native.cpu_cores()))
   count = requested or (cores if config.train.batch_size // cores >= 64 else 1)
   try:
     jax.config.update('jax_num_cpu_devices', count)

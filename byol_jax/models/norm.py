@@ -37,7 +37,7 @@ class ViewBatchNorm(nnx.BatchNorm):
     x32 = xg.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
     ones = jnp.ones(x.shape[-1], x32.dtype)  # (x * 1 + 0 is x exactly: one function with or without affine)
     scale = ones if self.scale is None else self.scale[...].astype(x32.dtype)
-    bias = ones * 0 if self.bias is None else self.bias[...].astype(x32.dtype)
+    bias = jnp.zeros_like(ones) if self.bias is None else self.bias[...].astype(x32.dtype)
     # The written-out backward on CPUs (faster there, docs/benchmarks.md); autodiff's elsewhere (not measured).
     normalize = _normalize if jax.default_backend() == 'cpu' else lambda *a: _normalize_fwd(*a)[0]
     y, mean, var = normalize(self.epsilon, self.axis_name, x32, scale, bias)

@@ -86,14 +86,18 @@ def available() -> bool:
   return True
 
 
+def cpu_cores() -> int:
+  """The cores this process may run on (the affinity mask where the OS has one; macOS has not)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
 def _parallel() -> int:
   """1 if the kernels should use XLA's intra-op threads: when there are fewer JAX CPU devices than cores.
   With one device per core (the 2-device default on 2 cores) each device's kernels run on its own thread;
   threads there would only contend with the other device's."""
   if os.environ.get('BYOL_JAX_NATIVE_THREADS'):
     return int(os.environ['BYOL_JAX_NATIVE_THREADS'] != '0')
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)  # macOS
-  return int(jax.local_device_count('cpu') < cores)
+  return int(jax.local_device_count('cpu') < cpu_cores())
 
 
 def supports(x, dy, w) -> bool:
