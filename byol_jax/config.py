@@ -19,6 +19,8 @@ METHODS = ('byol', 'simsiam')
 PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
 IN_MEMORY_DATASETS = ('fashion_mnist', 'synthetic')
 TFDS_DATASETS = ('stl10', 'cifar10', 'cifar100', 'imagenet2012')
+CENTRE_WITH = ('ema_mean', 'batch_mean')
+PRECISE_BN = ('untrained', 'always', 'never')
 
 
 class ConfigError(ValueError):
@@ -79,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.predictor.power = 2.0       # DirectPred: c in p = s^(1/c); 1 gives a DirectCopy-like spectrum
   c.predictor.eps_inside = False  # DirectPred: p = (s + eps)^(1/c) instead of s^(1/c) + eps
   c.predictor.centre = False    # DirectPred: covariance instead of correlation (paper: worse)
+  # centre=True: 'ema_mean' (the reference's zero-mean option): F = EMA(M) - m m^T with m the EMA of the batch
+  # means; 'batch_mean': the EMA of per-batch covariances (smaller by the covariance of the batch means).
+  c.predictor.centre_with = 'ema_mean'
   c.predictor.solver = 'eigh'   # DirectPred/DirectCopy: 'eigh' (exact) or 'newton_schulz' (no eigh; GPU-fast)
 
   c.ema = ml_collections.ConfigDict()
@@ -117,6 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.knn_temperature = 0.07
   c.eval.batch_size = 1000      # feature extraction batch
   c.eval.num_train = 0          # examples of the train split used by the probes; 0: all
+  # Precise BatchNorm: before an evaluation, re-estimate the online tower's BatchNorm statistics from
+  # precise_bn_batches training-mode passes over train-split images (eval view, batches of train.batch_size, the
+  # same images for every run; mean of the batch statistics). 'untrained': only where the running statistics
+  # were never trained (step 0), so the random network is measured as a network that training runs;
+  # 'always': every evaluation; 'never'. The training state is not changed.
+  c.eval.precise_bn = 'untrained'
+  c.eval.precise_bn_batches = 100
   return c
 
 
@@ -222,6 +234,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(p.power > 0, f'predictor.power={p.power} must be positive')
   _check(p.eps >= 0 or p.eps_inside,
          f'predictor.eps={p.eps} < 0 only makes sense with predictor.eps_inside=True (the c_j ablation)')
+  _check(p.centre_with in CENTRE_WITH,
+         f'predictor.centre_with={p.centre_with!r}; use one of {", ".join(CENTRE_WITH)}')
   _check(p.solver in spectral.SOLVERS, f'predictor.solver={p.solver!r}; use one of {spectral.SOLVERS}')
   _check(p.lr_mult >= 0, 'predictor.lr_mult (alpha_p) must be >= 0')
   _check(p.weight_decay is None or p.weight_decay >= 0, 'predictor.weight_decay must be >= 0')
@@ -237,5 +251,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(c.eval.knn_k > 0 and c.eval.probe_epochs > 0, 'eval.knn_k and eval.probe_epochs must be positive')
   _check(c.eval.probe_solver in evaluate.PROBE_SOLVERS,
          f"eval.probe_solver={c.eval.probe_solver!r}; use 'lbfgs' (converged) or 'adam' (the paper's protocol)")
+  _check(c.eval.precise_bn in PRECISE_BN,
+         f'eval.precise_bn={c.eval.precise_bn!r}; use one of {", ".join(PRECISE_BN)}')
+  _check(c.eval.precise_bn_batches > 0, f'eval.precise_bn_batches={c.eval.precise_bn_batches} must be positive '
+         "(to switch precise BatchNorm off: --config.eval.precise_bn=never)")
   _check(c.eval.probe_c > 0, f'eval.probe_c={c.eval.probe_c} must be positive (sklearn C: smaller is stronger L2)')
   _check(c.eval.probe_max_iter > 0 and c.eval.probe_tol > 0, 'eval.probe_max_iter and eval.probe_tol must be positive')

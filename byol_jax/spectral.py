@@ -15,20 +15,29 @@ import jax.numpy as jnp
 MIN_EIGENVALUE = 1e-4
 
 
+def batch_moments(f: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """(E_B[f f^T], E_B[f]) of predictor inputs f [B, d] over the global batch (pmean over `axis_name`: equal
+  shard sizes make that the global-batch mean)."""
+  f = f.astype(jnp.float32)
+  corr, mean = f.T @ f / f.shape[0], jnp.mean(f, axis=0)
+  if axis_name is not None:
+    corr, mean = jax.lax.pmean((corr, mean), axis_name)
+  return corr, mean
+
+
 def batch_correlation(f: jax.Array, axis_name: str | None = None, centre: bool = False) -> jax.Array:
   """Uncentred correlation E_B[f f^T] of predictor inputs f [B, d], averaged over the global batch.
 
-  With `axis_name`, the per-device estimates are averaged with `pmean` (equal shard sizes make that
-  the global-batch mean). `centre=True` gives the covariance instead (the paper reports it is worse).
+  `centre=True` gives this batch's covariance instead (predictor.centre_with='batch_mean').
   """
-  f = f.astype(jnp.float32)
-  corr = f.T @ f / f.shape[0]
-  mean = jnp.mean(f, axis=0)
-  if axis_name is not None:
-    corr, mean = jax.lax.pmean((corr, mean), axis_name)
-  if centre:
-    corr = corr - jnp.outer(mean, mean)
-  return corr
+  corr, mean = batch_moments(f, axis_name)
+  return corr - jnp.outer(mean, mean) if centre else corr
+
+
+def predictor_input_matrix(corr: jax.Array, corr_mean: jax.Array, centre_ema_mean: bool) -> jax.Array:
+  """The F that sets W_p: the EMA of the correlation, minus m m^T of the EMA m of the batch means for the
+  reference's zero-mean option (predictor.centre=True, centre_with='ema_mean')."""
+  return corr - jnp.outer(corr_mean, corr_mean) if centre_ema_mean else corr
 
 
 def update_correlation(corr: jax.Array, batch_corr: jax.Array, count: jax.Array,

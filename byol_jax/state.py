@@ -25,6 +25,7 @@ class TrainState:
   opt_state: optax.OptState
   corr: jax.Array              # DirectPred's F, [d, d] (kept, unused, for other predictors)
   corr_count: jax.Array        # number of F updates so far
+  corr_mean: jax.Array         # EMA of the batch means of the predictor input, [d] (predictor.centre_with='ema_mean')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,5 +71,6 @@ def build(config, *, in_channels: int, num_classes: int, tx: optax.GradientTrans
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
       target_params=jax.tree.map(jnp.copy, target_params), target_batch_stats=jax.tree.map(jnp.copy, target_stats),
-      opt_state=tx.init(params), corr=jnp.zeros((d, d), jnp.float32), corr_count=jnp.zeros((), jnp.int32))
+      opt_state=tx.init(params), corr=jnp.zeros((d, d), jnp.float32), corr_count=jnp.zeros((), jnp.int32),
+      corr_mean=jnp.zeros((d,), jnp.float32))
   return networks, state

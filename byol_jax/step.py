@@ -33,6 +33,12 @@ def normalize(images, mean, std):
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def predictor_input(corr, corr_mean, config):
+  """The F that sets W_p and whose spectrum is logged (see spectral.predictor_input_matrix)."""
+  p = config.predictor
+  return spectral.predictor_input_matrix(corr, corr_mean, p.centre and p.centre_with == 'ema_mean')
+
+
 def predictor_from_corr(corr, config, current):
   """(W_p from F, root ok): DirectPred (eigenvalue transform) or DirectCopy (F / lambda_max + eps I).
 
@@ -111,13 +117,16 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
   grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name)
 
-  corr, corr_count = state.corr, state.corr_count
+  corr, corr_count, corr_mean = state.corr, state.corr_count, state.corr_mean
   if tracks_corr:
     # F from the online projector outputs (the predictor inputs) of both views, global batch, no grad.
     z = jax.lax.stop_gradient(aux['z'])
-    batch_corr = spectral.batch_correlation(z, axis_name, centre=config.predictor.centre)
+    batch_corr, batch_mean = spectral.batch_moments(z, axis_name)
+    if config.predictor.centre and config.predictor.centre_with == 'batch_mean':
+      batch_corr = batch_corr - jnp.outer(batch_mean, batch_mean)
     rho = None if config.predictor.cumulative_mean else config.predictor.rho
     corr = spectral.update_correlation(corr, batch_corr, corr_count, rho)
+    corr_mean = spectral.update_correlation(corr_mean, batch_mean, corr_count, rho)
     corr_count = corr_count + 1
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -130,7 +139,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
     current = params['predictor']['kernel']
 
     def reset():
-      w, ok = predictor_from_corr(corr, config, current)
+      w, ok = predictor_from_corr(predictor_input(corr, corr_mean, config), config, current)
       return w.astype(current.dtype), ok
     if config.predictor.freq == 1:  # no lax.cond: on GPUs a conditional waits for its predicate on the host
       params['predictor']['kernel'], root_ok = reset()
@@ -153,7 +162,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
       jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
   new_state = state.replace(step=step + 1, params=params, batch_stats=aux['stats'], target_params=target_params,
                             target_batch_stats=aux['target_stats'], opt_state=opt_state, corr=corr,
-                            corr_count=corr_count)
+                            corr_count=corr_count, corr_mean=corr_mean)
   return new_state, metrics
 
 

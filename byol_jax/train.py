@@ -18,11 +18,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from byol_jax import checkpoint, collapse, config as config_lib, evaluate, optim, plots, real_vs_theory, spectral
+from byol_jax import checkpoint, config as config_lib, evaluate, optim, plots, spectral
+from byol_jax.study import collapse, real_vs_theory
 from byol_jax import state as state_lib
 from byol_jax import step as step_lib
 from byol_jax.data import augment, sources
 from byol_jax.logging_utils import MetricsLog, progress_bar, read_metrics
+from byol_jax.models.norm import ViewBatchNorm
 
 LINEAR_PREDICTORS = ('linear', 'linear_symmetric', 'directpred', 'directcopy')
 
@@ -106,6 +108,51 @@ def make_feature_fn(config, networks, info):
   return jax.jit(features)
 
 
+def make_batch_stats_fn(config, networks, info, mesh):
+  """The online tower's BatchNorm statistics of one global batch of un-augmented images (training-mode
+  BatchNorm over the global batch, one view, no gradients): {'tower': ...} of the online batch_stats tree."""
+  def batch_stats(params, stats, images):
+    x = step_lib.normalize(augment.eval_view(images, config.data.image_size), info['mean'], info['std'])
+    model = nnx.merge(networks.online_eval, params, stats)
+    for _, m in nnx.iter_modules(model.tower):
+      if isinstance(m, ViewBatchNorm):  # momentum 0: the "running" statistics become this batch's
+        m.use_running_average, m.views, m.momentum = False, 1, 0.0
+    model.tower(x)
+    return nnx.to_pure_dict(nnx.state(model.tower, nnx.BatchStat))
+  mapped = jax.shard_map(batch_stats, mesh=mesh, in_specs=(P(), P(), P(step_lib.AXIS)), out_specs=P(),
+                         check_vma=False)
+  return jax.jit(mapped)
+
+
+def precise_bn_batches(config, data):
+  """The process-local image batches precise BatchNorm averages over: the first eval.precise_bn_batches x
+  train.batch_size images of the train split (wrapping around), the same for every run and seed."""
+  count, size = config.eval.precise_bn_batches, config.train.batch_size
+  if data is None:  # streamed (ImageNet): the evaluation pipeline's train examples, full batches only
+    batches = (b['image'] for b in eval_batches(config, data, 'train', size) if np.all(b['mask']))
+    yield from itertools.islice(batches, count)
+    return
+  images = data['train'][0]
+  local = size // jax.process_count()
+  lo = jax.process_index() * local
+  for i in range(count):
+    yield images[(i * size + lo + np.arange(local)) % len(images)]
+
+
+def precise_batch_stats(batch_stats_fn, state, batches, mesh):
+  """Precise BatchNorm (Wu & Johnson 2021): the online BatchNorm statistics with the tower's replaced by the
+  mean, over `batches`, of each batch's mean and variance. Returns a new batch_stats tree (state unchanged)."""
+  total, n = None, 0
+  for images in batches:
+    stats = batch_stats_fn(state.params, state.batch_stats, shard_batch(mesh, images))
+    total = stats if total is None else jax.tree.map(jax.numpy.add, total, stats)
+    n += 1
+  if not n:
+    raise ValueError('precise BatchNorm: the train split gave no full batch; lower train.batch_size or set '
+                     '--config.eval.precise_bn=never')
+  return {**state.batch_stats, 'tower': jax.tree.map(lambda x: x / n, total)}
+
+
 def _gather(x):
   return np.asarray(multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x)
 
@@ -151,7 +198,8 @@ def spectra_record(state, config) -> dict:
   if config.predictor.kind not in LINEAR_PREDICTORS:
     return {}
   kernel = state.params['predictor']['kernel']  # Flax computes z @ kernel, so W_p = kernel^T
-  stats = jax.jit(spectral.spectral_stats)(state.corr, kernel.T)
+  f = step_lib.predictor_input(state.corr, state.corr_mean, config)
+  stats = jax.jit(spectral.spectral_stats)(f, kernel.T)
   return {k: np.asarray(v) for k, v in stats.items()}
 
 
@@ -190,8 +238,17 @@ def run(config, workdir: str) -> dict:
                                        mesh)
   feature_fn = make_feature_fn(config, networks, info)
 
+  batch_stats_fn = make_batch_stats_fn(config, networks, info, mesh)
+
   def evaluate_now(step):
-    result = run_evaluation(config, feature_fn, state, data, info, mesh)
+    # Running statistics never trained (step 0) describe no network training runs: re-estimate them first.
+    precise = config.eval.precise_bn == 'always' or (config.eval.precise_bn == 'untrained' and step == 0)
+    evaluated = state
+    if precise:
+      evaluated = state.replace(batch_stats=precise_batch_stats(batch_stats_fn, state,
+                                                                precise_bn_batches(config, data), mesh))
+    result = run_evaluation(config, feature_fn, evaluated, data, info, mesh)
+    result['precise_bn'] = precise
     log.write(step, result)
     return result
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from byol_jax import phase_map, study as study_lib
+from byol_jax.study import phase_map, plan as plan_lib, records, results
 from byol_jax import config as config_lib
 from byol_jax.config import load_config_module
 
@@ -29,7 +29,7 @@ def fake_study(rows=None):
 
 
 def fake_run(workdir, row, z_std_times_sqrt_d, z_rank=10.0):
-  path = study_lib.run_dir(workdir, row, 0)
+  path = records.run_dir(workdir, row, 0)
   os.makedirs(path)
   with open(os.path.join(path, 'summary.json'), 'w') as f:
     json.dump({'steps': STEPS, 'final_linear_probe_top1': 0.5, 'final_z_std_times_sqrt_d': z_std_times_sqrt_d,
@@ -42,7 +42,7 @@ def test_grid_study_writes_the_phase_diagram_with_both_maps(tmp_path):
   fake_run(workdir, 'wd0_tau0', 0.02, 1.2)         # collapsed (no EMA)
   fake_run(workdir, 'wd4e-2_tau0', 0.01, 1.1)      # collapsed
   fake_run(workdir, 'wd4e-2_tau0p99', 0.7)         # spread; wd0_tau0p99 not run
-  study_lib.write_results(fake_study(GRID_ROWS), workdir)
+  results.write_results(fake_study(GRID_ROWS), workdir)
   assert os.path.getsize(os.path.join(workdir, 'phase_diagram.png')) > 20_000
   out = json.load(open(os.path.join(workdir, 'phase_diagram.json')))
   momentum = fake_study(GRID_ROWS).base.optim.momentum
@@ -81,7 +81,7 @@ def test_no_grid_no_phase_diagram(tmp_path):
   workdir = str(tmp_path)
   fake_run(workdir, 'mlp', 0.7)
   fake_run(workdir, 'none', 0.02, 1.1)
-  study_lib.write_results(fake_study(), workdir)  # tiny's rows: mlp, none
+  results.write_results(fake_study(), workdir)  # tiny's rows: mlp, none
   assert os.path.exists(os.path.join(workdir, 'results.png'))
   assert not os.path.exists(os.path.join(workdir, 'phase_diagram.png'))
   assert not os.path.exists(os.path.join(workdir, 'phase_diagram.json'))
@@ -95,11 +95,11 @@ def test_no_grid_no_phase_diagram(tmp_path):
 ])
 def test_grid_detection_needs_a_full_grid_of_linear_predictor_runs(rows):
   study = fake_study(rows)
-  configs = {r: study_lib._config_json(study_lib.run_config(study, r, 0)) for r in rows}
-  res = study_lib.collect(study, '/nonexistent')
+  configs = {r: records.config_json(plan_lib.run_config(study, r, 0)) for r in rows}
+  res = results.collect(study, '/nonexistent')
   assert phase_map.grid_from_results(res, configs) is None
   full = fake_study(GRID_ROWS)
-  configs = {r: study_lib._config_json(study_lib.run_config(full, r, 0)) for r in GRID_ROWS}
-  grid = phase_map.grid_from_results(study_lib.collect(full, '/nonexistent'), configs)
+  configs = {r: records.config_json(plan_lib.run_config(full, r, 0)) for r in GRID_ROWS}
+  grid = phase_map.grid_from_results(results.collect(full, '/nonexistent'), configs)
   assert grid['wds'] == [0.0, 0.04] and grid['taus'] == [0.0, 0.99]
   assert grid['t_end']['paper'] == pytest.approx(40.0)

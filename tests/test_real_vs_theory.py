@@ -1,11 +1,11 @@
-"""byol_jax.real_vs_theory: the log-log fit of p_j^2 against s_j, the summary and the figure, on synthetic spectra."""
+"""byol_jax.study.real_vs_theory: the log-log fit of p_j^2 against s_j, the summary and the figure, on synthetic spectra."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from byol_jax import real_vs_theory as rvt
+from byol_jax.study import real_vs_theory as rvt
 
 
 def synthetic(steps=(10, 20, 30), d=16, k=0.3, power=1.0, seed=0):

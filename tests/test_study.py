@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from byol_jax import collapse, study as study_lib
+from byol_jax.study import collapse, plan as plan_lib, records, results, runner
 from byol_jax import config as config_lib
 from byol_jax.config import load_config_module
 from byol_jax.logging_utils import read_metrics
@@ -99,7 +99,7 @@ def test_study_rows_in_file_order_and_epochs_scale_the_base_steps():
   with c.unlocked():
     c.rows = type(c.rows)({'zz': 'mlp', 'aa': 'none,epochs300'})
     c.paper = type(c.rows)()
-  runs = study_lib.plan(c, '', 1)
+  runs = plan_lib.plan(c, '', 1)
   assert [(r['row'], r['seed']) for r in runs] == [('zz', 0), ('aa', 0), ('zz', 1), ('aa', 1)]  # seed-major
   assert [r['config'].train.steps for r in runs] == [4, 12, 4, 12]
   assert [r['config'].seed for r in runs] == [0, 0, 1, 1]  # seed k: base seed + k
@@ -113,8 +113,8 @@ def test_study_rows_in_file_order_and_epochs_scale_the_base_steps():
     ({}, 'mlp,nope', "--rows: 'nope'"),
 ])
 def test_bad_study_configs_are_refused_before_any_run(tmp_path, overrides, rows, message):
-  with pytest.raises(study_lib.StudyError, match=message):
-    study_lib.run_study(tiny_study(**overrides), str(tmp_path), rows)
+  with pytest.raises(plan_lib.StudyError, match=message):
+    runner.run_study(tiny_study(**overrides), str(tmp_path), rows)
   assert not os.listdir(tmp_path)
 
 
@@ -132,7 +132,7 @@ def test_bad_study_config_fails_with_one_line(tmp_path):
 def reference_study(tmp_path_factory):
   """An uninterrupted tiny study (2 rows x 2 seeds x 4 steps), in process."""
   workdir = str(tmp_path_factory.mktemp('study_ref'))
-  outcome = study_lib.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
+  outcome = runner.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
   return workdir, outcome
 
 
@@ -169,13 +169,13 @@ def test_second_invocation_skips_finished_runs(reference_study):
   workdir, _ = reference_study
   paths = [os.path.join(workdir, r, f'seed{k}', 'metrics.jsonl') for r in ('mlp', 'none') for k in (0, 1)]
   before = [os.stat(p).st_mtime_ns for p in paths]
-  outcome = study_lib.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
+  outcome = runner.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
   assert (outcome['ran'], outcome['skipped']) == (0, 4)
   assert [os.stat(p).st_mtime_ns for p in paths] == before
   # One seed of a subset, and a changed config in the same folder is refused.
-  assert study_lib.run_study(tiny_study(seeds=1), workdir, 'none', out=open(os.devnull, 'w'))['ran'] == 0
-  with pytest.raises(study_lib.StudyError, match='holds a run of another config.*optim.lr'):
-    study_lib.run_study(tiny_study(**{'base.optim.lr': 0.5}), workdir, out=open(os.devnull, 'w'))
+  assert runner.run_study(tiny_study(seeds=1), workdir, 'none', out=open(os.devnull, 'w'))['ran'] == 0
+  with pytest.raises(plan_lib.StudyError, match='holds a run of another config.*optim.lr'):
+    runner.run_study(tiny_study(**{'base.optim.lr': 0.5}), workdir, out=open(os.devnull, 'w'))
 
 
 def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
@@ -187,7 +187,7 @@ def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
     other.rows = ml_collections.ConfigDict({'none_again': 'none'})
     other.paper = ml_collections.ConfigDict()
   out = str(tmp_path / 'other')
-  outcome = study_lib.run_study(other, out, out=open(os.devnull, 'w'), reuse_dirs=[workdir])
+  outcome = runner.run_study(other, out, out=open(os.devnull, 'w'), reuse_dirs=[workdir])
   assert (outcome['ran'], outcome['skipped']) == (0, 1)
   link = os.path.join(out, 'none_again', 'seed0')
   assert os.path.islink(link) and not os.path.isabs(os.readlink(link))
@@ -196,14 +196,14 @@ def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
   ref = json.load(open(os.path.join(workdir, 'results.json')))
   assert res['rows']['none_again']['linear_probe_top1']['per_seed'] == ref['rows']['none']['linear_probe_top1'][
       'per_seed'][:1]
-  assert study_lib.find_reusable(study_lib.run_config(tiny_study(**{'base.optim.lr': 0.5}), 'none', 0),
+  assert records.find_reusable(plan_lib.run_config(tiny_study(**{'base.optim.lr': 0.5}), 'none', 0),
                                  [workdir]) is None
 
 
 def test_forwarded_args_drop_the_parents_own_flags():
   argv = ['--config=configs/study/tiny.py', '--rows', 'mlp', '--parallel=2', '--config.seeds=1', '--reuse=a,b',
           '--workdir=/tmp/x', '--runs', 'mlp:0']
-  assert study_lib.forwarded_args(argv) == ['--config=configs/study/tiny.py', '--config.seeds=1', '--workdir=/tmp/x']
+  assert runner.forwarded_args(argv) == ['--config=configs/study/tiny.py', '--config.seeds=1', '--workdir=/tmp/x']
 
 
 def test_parallel_study_trains_every_run_once_in_worker_processes(tmp_path):
@@ -252,7 +252,7 @@ def test_killed_study_resumes_to_the_same_numbers(reference_study, tmp_path):
   if not second_finished:  # killed mid-run (the usual case): the second run resumed from its checkpoint
     assert 'Resuming from step 2' in open(os.path.join(second, 'log.txt')).read()
   got = json.load(open(os.path.join(workdir, 'results.json')))['rows']
-  ref = study_lib.collect(tiny_study(), ref_dir)['rows']  # (another test rewrote its results.json for 1 seed)
+  ref = results.collect(tiny_study(), ref_dir)['rows']  # (another test rewrote its results.json for 1 seed)
   for row in ('mlp', 'none'):
     for key in ('linear_probe_top1', 'knn_top1', 'z_std_times_sqrt_d'):
       chex.assert_trees_all_close(got[row][key]['per_seed'], ref[row][key]['per_seed'], atol=1e-6)
@@ -266,7 +266,7 @@ def test_collapse_rule_flags_no_predictor_and_not_the_two_layer_predictor(tmp_pa
                              'base.train.eval_at_start': False, 'base.train.checkpoint_every': 40,
                              'base.train.log_every': 10, 'base.data.num_train': 1024,
                              'base.data.num_test': 512, 'base.eval.batch_size': 256})
-  res = study_lib.run_study(c, str(tmp_path), out=open(os.devnull, 'w'))['results']['rows']
+  res = runner.run_study(c, str(tmp_path), out=open(os.devnull, 'w'))['results']['rows']
   assert res['none']['collapsed'] is True, res['none']
   assert res['mlp']['collapsed'] is False, res['mlp']
   assert res['none']['z_std_times_sqrt_d']['mean'] < collapse.Z_STD_THRESHOLD / 2

@@ -16,7 +16,7 @@ for all rows (one theory time); and the rows' (weight decay, EMA rate) pairs are
 is the study that has one).
 
 Two maps from a run to the theory (alpha_p = predictor.lr_mult and sigma2 = 0 in both), one theory panel each:
-  paper  shared/design/paper.md, "Mapping to discrete training" (alpha beta = 1 - gamma_a, eta_bar = alpha
+  paper  the paper's mapping of its ODEs to discrete training (alpha beta = 1 - gamma_a, eta_bar = alpha
          eta): with lr alpha, eta = wd / alpha, beta = (1 - tau_ema) / alpha, t_end = alpha * steps. It reads
          the weight decay hyperparameter as a per-step shrink factor and ignores momentum.
   sgd    what the optimizer does (byol_jax/optim.py, as torch SGD): wd * w is added to the gradient before
@@ -42,7 +42,8 @@ import math
 
 import numpy as np
 
-from byol_jax import collapse
+from byol_jax.study import collapse
+
 
 LINEAR_KINDS = ('linear', 'linear_symmetric')
 MODE_P0 = 0.4

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+
 SPECTRA_KEYS = ('corr_eigenvalues', 'predictor_eigenvalues', 'alignment', 'commutator_norm', 'asymmetry')
 TOP_K = 10          # modes drawn in panels 1 and 4 and averaged in the alignment summary
 # Modes with s_j < FLOOR * s_max are left out of the fits: float32 round-off and collapsed modes. Low, because

@@ -34,6 +34,7 @@ Z_STD_THRESHOLD = 0.1   # z_std * sqrt(d): ~0.7-0.8 trained and spread, ~0.15-0.
 Z_RANK_THRESHOLD = 2.0  # effective rank of z: 1 is a single direction
 RANK_EPS = 1e-7         # RankMe's epsilon in p_k = sigma_k / sum(sigma) + eps
 
+
 KEYS = ('z_effective_rank', 'feature_effective_rank', 'z_std', 'z_std_times_sqrt_d')
 
 

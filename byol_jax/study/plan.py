@@ -1,0 +1,104 @@
+"""A study config, checked, and the run config of each (row, seed): the base with the row's switches."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+
+from byol_jax import config as config_lib
+
+
+ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
+
+
+class StudyError(ValueError):
+  """A study config that cannot run; the message names the row or key."""
+
+
+def _stl10_module():
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return config_lib.load_config_module(os.path.join(root, 'configs', 'x.py'), 'stl10.py')
+
+
+def ordered_keys(cd) -> list[str]:
+  """Keys of a ConfigDict in the order the config file wrote them (ConfigDict iterates sorted)."""
+  if cd is None:
+    return []
+  if hasattr(cd, 'to_json'):
+    return list(json.loads(cd.to_json()).keys())
+  return list(cd.keys())
+
+
+def run_config(study, row: str, seed_index: int):
+  """The run config of (row, seed k): base + the row's switches, seed + k, no per-run progress bar."""
+  c = copy.deepcopy(study.base)
+  args = study.rows[row]
+  try:
+    epochs = _stl10_module().apply_switches(c, args)
+  except ValueError as e:
+    raise StudyError(f'row {row!r} ({args!r}): {e}') from None
+  if epochs is not None:
+    c.train.steps = max(1, int(round(study.base.train.steps * epochs / 100)))
+  c.seed = c.seed + seed_index
+  c.train.progress_bar = False
+  try:
+    return config_lib.finalize(c)
+  except config_lib.ConfigError as e:
+    raise StudyError(f'row {row!r} ({args!r}): {e}') from None
+
+
+def comparisons(study) -> list[tuple[str, str]]:
+  """(row, other) pairs to compare seed by seed: every row against study.reference, then study.pairs."""
+  rows = ordered_keys(study.rows)
+  ref = study.get('reference') or ''
+  out = [(r, ref) for r in rows if ref and r != ref]
+  for pair in (study.get('pairs') or '').split(','):
+    if pair.strip():
+      a, _, b = pair.strip().partition('-')
+      out.append((a, b))
+  return out
+
+
+def plan(study, rows_flag: str = '', num_devices: int | None = None) -> list[dict]:
+  """Checks the study config and the workdir-independent parts of every run; returns the runs of the
+  selected rows, seed-major: [{'row', 'seed', 'config'}]. Raises StudyError naming the problem."""
+  for key in ('base', 'rows', 'seeds'):
+    if key not in study:
+      raise StudyError(f'the study config has no {key!r}')
+  seeds = study.seeds
+  if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+    raise StudyError(f'seeds={seeds!r} must be an integer >= 1')
+  rows = ordered_keys(study.rows)
+  if not rows:
+    raise StudyError('the study has no rows')
+  for r in rows:
+    if not ROW_NAME.match(r):
+      raise StudyError(f'row name {r!r}: use letters, digits, _ and - only (it names a folder)')
+    if not isinstance(study.rows[r], str):
+      raise StudyError(f'row {r!r}: its value must be a string of switches, got {study.rows[r]!r}')
+  for r in ordered_keys(study.get('paper')):
+    if r not in rows:
+      raise StudyError(f'paper entry {r!r} names no row; the rows are {", ".join(rows)}')
+  for a, b in comparisons(study):
+    for r, what in ((a, 'a compared row'), (b, 'the reference')):
+      if r not in rows:
+        raise StudyError(f'{what} {r!r} (reference / pairs) names no row; the rows are {", ".join(rows)}')
+  selected = rows
+  if rows_flag:
+    selected = [r.strip() for r in rows_flag.split(',') if r.strip()]
+    unknown = [r for r in selected if r not in rows]
+    if unknown:
+      raise StudyError(f'--rows: {", ".join(map(repr, unknown))} not in the study; its rows are {", ".join(rows)}')
+    selected = [r for r in rows if r in selected]  # table order
+  runs = []
+  for r in selected:  # check every row's config before any run
+    for k in range(seeds):
+      c = run_config(study, r, k)
+      try:
+        config_lib.validate(c, num_devices)
+      except config_lib.ConfigError as e:
+        raise StudyError(f'row {r!r} ({study.rows[r]!r}): {e}') from None
+      runs.append({'row': r, 'seed': k, 'config': c})
+  runs.sort(key=lambda x: (x['seed'], selected.index(x['row'])))
+  return runs
