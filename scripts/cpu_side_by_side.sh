@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # byol_jax's benchmark and the PyTorch peers, one after the other in one sitting on this machine (CPU):
 #   (a) ResNet-18 at 64 px, batch 32: byol_jax.bench (stl10 config with the peer's projector 512-4096-256, BN
-#       affine, linear predictor, no augmentation) vs /work/shared/peers/torch_byol_step.py [--channels-last];
-#       the jax side compiles and runs for minutes;
+#       affine, linear predictor, no augmentation) vs the ResNet-18 PyTorch peer $PEER_R18 [--channels-last];
+#       the jax side compiles and runs for minutes. The project does not ship that peer: put a PyTorch BYOL step
+#       there that takes --res --batch --steps [--channels-last] and prints one JSON line with img_per_s
+#       (docs/records/cpu/side_by_side_2026-11-30*/a_torch*.jsonl show the lines); without it run PARTS=b;
 #   (b) the default config (configs/fashion_mnist.py): byol_jax.bench no_augment and full vs
 #       scripts/torch_fmnist_step.py [--channels-last], after checking that the peer has byol_jax's parameter
 #       count and computes the same two steps (scripts/fmnist_jax_reference.py, torch_fmnist_step.py --check).
 #
 #   bash scripts/cpu_side_by_side.sh OUT_DIR
-#   TORCH_PY=/work/torchenv/bin/python JAX_PY=.venv/bin/python PARTS="a b" QUICK=1 bash scripts/cpu_side_by_side.sh OUT
+#   TORCH_PY=.peer/venv/bin/python JAX_PY=.venv/bin/python PARTS="a b" QUICK=1 bash scripts/cpu_side_by_side.sh OUT
 #   ROUNDS=3 PARTS=b bash scripts/cpu_side_by_side.sh OUT   # jax, torch, torch channels-last, 3 times over
 #
-# TORCH_PY (default /work/torchenv/bin/python) and JAX_PY (default python) are the two interpreters; torch is not
-# in requirements.txt. PEER_R18 is the ResNet-18 peer (default /work/shared/peers/torch_byol_step.py). PARTS
-# picks the parts (default "a b"). ROUNDS=N (default 1) runs each part's timed runs N times, alternating the
+# TORCH_PY (default .peer/venv/bin/python) and JAX_PY (default python) are the two interpreters; torch is not
+# in requirements.txt. Make the torch interpreter once (.peer/ is git-ignored; CPU wheels):
+#   python3 -m venv .peer/venv && .peer/venv/bin/pip install numpy torch --index-url https://download.pytorch.org/whl/cpu
+# PEER_R18 is the ResNet-18 peer (default .peer/torch_byol_step.py; part a only). Relative paths are read from the
+# repository root. PARTS picks the parts (default "a b"). ROUNDS=N (default 1) runs each part's timed runs N times, alternating the
 # sides, and the table reports the median and range of the per-round ratio: machines like this one drift by
 # +-15% within minutes, so a ratio measured once can mislead. QUICK=1 runs 1-2 steps of everything (to test the script; numbers meaningless).
 # Writes one .jsonl (stdout) and one .log (stderr) per run into OUT_DIR, machine.json, and prints a markdown
@@ -23,15 +27,25 @@
 # Time: (b) a few minutes; (a) several more (the jax side compiles ResNet-18 and runs 17 steps of seconds each).
 set -euo pipefail
 OUT=${1:?usage: cpu_side_by_side.sh OUT_DIR}
-TORCH_PY=${TORCH_PY:-/work/torchenv/bin/python}
+TORCH_PY=${TORCH_PY:-.peer/venv/bin/python}
 JAX_PY=${JAX_PY:-python}
-PEER_R18=${PEER_R18:-/work/shared/peers/torch_byol_step.py}
+PEER_R18=${PEER_R18:-.peer/torch_byol_step.py}
 PARTS=${PARTS:-a b}
 QUICK=${QUICK:-0}
 ROUNDS=${ROUNDS:-1}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+if ! "$TORCH_PY" -c 'import torch, numpy' 2>/dev/null; then
+  echo "error: TORCH_PY=$TORCH_PY cannot import torch and numpy; make it with" >&2
+  echo "  python3 -m venv .peer/venv && .peer/venv/bin/pip install numpy torch --index-url https://download.pytorch.org/whl/cpu" >&2
+  exit 2
+fi
+if [[ " $PARTS " == *" a "* ]] && [ ! -f "$PEER_R18" ]; then
+  echo "error: part a needs the ResNet-18 PyTorch peer at PEER_R18=$PEER_R18 (not shipped with byol_jax);" \
+    "set PEER_R18, or run PARTS=b (the default config against scripts/torch_fmnist_step.py)" >&2
+  exit 2
+fi
 
 if [ "$QUICK" = 1 ]; then
   A_JAX="--steps=1 --repeats=1 --warmup=1"; A_TORCH="--steps 1"

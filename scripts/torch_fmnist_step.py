@@ -3,7 +3,7 @@ way a PyTorch user would (eager, nn.Module, standard layers). torch is imported 
 requirements.txt. Run it with its own interpreter, beside `python -m byol_jax.bench` (the no_augment
 variant: ready-made views, data loading and augmentation excluded on both sides):
 
-    /work/torchenv/bin/python scripts/torch_fmnist_step.py [--batch 128] [--steps 20] [--warmup 3]
+    .peer/venv/bin/python scripts/torch_fmnist_step.py [--batch 128] [--steps 20] [--warmup 3]
         [--repeats 3] [--threads N] [--channels-last] [--views separate|concat]
     python -m byol_jax.bench --variants=no_augment --steps=20 --repeats=3        # the same step in JAX
     bash scripts/cpu_side_by_side.sh OUT_DIR                                       # both, and a table

@@ -2,7 +2,7 @@
 
   python scripts/trace_summary.py TRACE.json.gz [--steps=5] [--top=15]
 
-Groups the GPU kernels into the categories of docs/benchmarks.md (stem convolution, other convolutions,
+Groups the GPU kernels into the categories of docs/records/benchmarks_log_2026-11.md (stem convolution, other convolutions,
 max-pool, matrix products, XLA fusions, memsets) and lists the most expensive kernels.
 """
 import argparse

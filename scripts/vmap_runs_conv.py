@@ -2,7 +2,7 @@
 another on this backend? Measured on the convolution that dominates the default network's step (14x14x32, batch 256,
 forward and both gradients): under vmap the R kernels become one grouped convolution (feature_group_count=R).
 
-  python scripts/vmap_runs_conv.py     (docs/benchmarks.md, "Runs batched with vmap")
+  python scripts/vmap_runs_conv.py     (docs/records/benchmarks_log_2026-11.md, "Runs batched with vmap")
 """
 import time, jax, jax.numpy as jnp
 R = 3
