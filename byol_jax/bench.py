@@ -5,7 +5,9 @@
 
 Each variant is a '+'-joined list of changes to the config's step:
   full            the step as configured: augmentation on device, DirectPred's F and W_p, EMA, online probe
-  no_augment      ready-made views (the step without augmentation, as the PyTorch peer measures it)
+  no_augment      the step without augmentation, as the PyTorch peer measures it: the same input path as
+                  training, with augmentation preset 'none' (both views are the image, cast, resized to its own
+                  size and normalised; `--augment_ops` times the augmentation on its own)
   linear | directpred | mlp          predictor kind (DirectPred's overhead: no_augment vs no_augment+linear)
   eigh | newton_schulz               DirectPred's solver
   bfloat16 | float32                 compute dtype
@@ -66,7 +68,7 @@ PEAK_TFLOPS = {('H100', 'bfloat16'): 989.0, ('H100', 'float32'): 494.7, ('H200',
                ('H200', 'float32'): 494.7, ('A100', 'bfloat16'): 312.0, ('A100', 'float32'): 156.0,
                ('TPU v4', 'bfloat16'): 275.0, ('TPU v5', 'bfloat16'): 197.0}
 VARIANT_TOKENS = {
-    'full': {}, 'no_augment': {},
+    'full': {}, 'no_augment': {'data.augment_preset': 'none'},
     'linear': {'predictor.kind': 'linear'}, 'directpred': {'predictor.kind': 'directpred'},
     'mlp': {'predictor.kind': 'mlp'},
     'eigh': {'predictor.solver': 'eigh'}, 'newton_schulz': {'predictor.solver': 'newton_schulz'},
@@ -78,14 +80,14 @@ VARIANT_TOKENS = {
 }
 
 
-def parse_variant(variant: str) -> tuple[dict, bool]:
-  """'no_augment+linear' -> ({'predictor.kind': 'linear'}, with_views=True)."""
-  changes, tokens = {}, variant.split('+')
-  for t in tokens:
+def parse_variant(variant: str) -> dict:
+  """'no_augment+linear' -> {'data.augment_preset': 'none', 'predictor.kind': 'linear'}: the config changes."""
+  changes = {}
+  for t in variant.split('+'):
     if t not in VARIANT_TOKENS:
       raise ValueError(f'unknown benchmark variant token {t!r} in {variant!r}; known: {sorted(VARIANT_TOKENS)}')
     changes.update(VARIANT_TOKENS[t])
-  return changes, 'no_augment' in tokens
+  return changes
 
 
 def peak_flops(dtype: str) -> float | None:
@@ -109,16 +111,13 @@ def measured_peak_flops(dtype: str, n: int = 8192) -> float:
   return 2 * n**3 / statistics.median(_timed_repeats(lambda k: [matmul(a, b) for _ in range(k)]))
 
 
-def fake_batch(config, mesh, with_views: bool):
+def fake_batch(config, mesh):
+  """A training batch of random images at the crop size (preset 'none' then resizes each to its own size)."""
   n, s = config.train.batch_size, config.data.image_size
   channels = 1 if config.data.name == 'fashion_mnist' else 3
   rng = np.random.default_rng(0)
   batch = dict(image=rng.integers(0, 256, (n, s, s, channels), dtype=np.uint8),
                label=rng.integers(0, 10, (n,)).astype(np.int32), index=np.arange(n, dtype=np.int32))
-  if with_views:  # ready-made normalised views: the step skips augmentation
-    dtype = np.float32
-    batch['view1'] = rng.standard_normal((n, s, s, channels)).astype(dtype)
-    batch['view2'] = rng.standard_normal((n, s, s, channels)).astype(dtype)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step_lib.AXIS))
   return jax.device_put(batch, sharding), channels
 
@@ -146,11 +145,14 @@ def step_flops(lowered, step_fn, state, batch) -> float:
 
 def build_variant(config, variant: str):
   """(config with the variant's changes, mesh, step function, its shard_map'd jit, initial state, fake batch)."""
-  changes, with_views = parse_variant(variant)
-  config = config_lib.finalize(config_lib.override(config.copy_and_resolve_references(), changes))
+  changes = parse_variant(variant)
+  config = config_lib.override(config.copy_and_resolve_references(), changes)
+  if 'data.augment_preset' in changes:  # the variant's preset replaces the augmentation whole
+    config.data.augment = ml_collections.ConfigDict()
+  config = config_lib.finalize(config)
   mesh = step_lib.make_mesh(config.train.num_devices)
   config_lib.validate(config, mesh.size)
-  batch, channels = fake_batch(config, mesh, with_views=with_views)
+  batch, channels = fake_batch(config, mesh)
   info = sources.dataset_info(config.data.name) if config.data.name in ('fashion_mnist', 'synthetic') else \
       dict(num_classes=10, mean=(0.5,) * channels, std=(0.25,) * channels)
   tx = optim.make_optimizer(config)
@@ -162,7 +164,6 @@ def build_variant(config, variant: str):
 
 def time_variant(config, variant: str, measured_peak: float | None = None) -> dict:
   config, mesh, step_fn, step, state, batch = build_variant(config, variant)
-  with_views = parse_variant(variant)[1]
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
@@ -189,7 +190,8 @@ def time_variant(config, variant: str, measured_peak: float | None = None) -> di
       'variant': variant, 'device': jax.devices()[0].device_kind, 'num_devices': n_dev,
       'backbone': config.model.backbone, 'width': config.model.width, 'image_size': config.data.image_size,
       'batch_size': config.train.batch_size, 'compute_dtype': config.train.compute_dtype,
-      'predictor': config.predictor.kind, 'solver': config.predictor.solver, 'augment': not with_views,
+      'predictor': config.predictor.kind, 'solver': config.predictor.solver,
+      'augment': config.data.augment_preset != 'none',
       'images_per_sec': round(config.train.batch_size / dt, 1), 'ms_per_step': round(1e3 * dt, 3),
       'ms_per_step_repeats': [round(1e3 * t, 3) for t in times],
       'gflop_per_image': round(flops / config.train.batch_size / 1e9, 4),
@@ -229,7 +231,7 @@ def time_augmentation(config) -> list[dict]:
   """ms per batch of the device augmentation as the step runs it, and without each op in turn."""
   config = config_lib.finalize(config.copy_and_resolve_references())
   mesh = step_lib.make_mesh(config.train.num_devices)
-  batch, channels = fake_batch(config, mesh, with_views=False)
+  batch, channels = fake_batch(config, mesh)
   mean, std = (0.5,) * channels, (0.25,) * channels
   dtype = jnp.bfloat16 if config.train.compute_dtype == 'bfloat16' else jnp.float32
   base = config.data.augment

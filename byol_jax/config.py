@@ -12,12 +12,13 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from byol_jax import evaluate, spectral
-from byol_jax.models import native, resnet
+# The choice lists the implementations share (choices.py); importing them imports no JAX, so neither does
+# loading a config.
+from byol_jax.choices import (BACKBONES, CONV_IMPLS, MAX_POOL_IMPLS, PREDICTOR_KINDS, PROBE_SOLVERS, SOLVERS,
+                              STEMS)
 
 METHODS = ('byol', 'simsiam')
-PREDICTOR_KINDS = ('mlp', 'linear', 'linear_symmetric', 'directpred', 'directcopy', 'none')
-IN_MEMORY_DATASETS = ('fashion_mnist', 'synthetic')
+IN_MEMORY_DATASETS = ('fashion_mnist', 'synthetic', 'image_folder')  # image_folder: data.path, a folder of images
 TFDS_DATASETS = ('stl10', 'cifar10', 'cifar100', 'imagenet2012')
 CENTRE_WITH = ('ema_mean', 'batch_mean')
 PRECISE_BN = ('untrained', 'always', 'never')
@@ -136,20 +137,20 @@ def set_cpu_devices(config) -> int | None:
   """Splits the CPU into `train.cpu_devices` JAX devices before JAX starts (0: automatic, below).
 
   Automatic: one device per core (at most 2) when each device gets at least 64 images of a view, else one device
-  whose compiled kernels and XLA operations use every core. With the compiled CPU convolutions (models/native),
-  measured on 2 cores (docs/benchmarks.md): the default config (batch 128) and ResNet-18 at batch 128 run 1.0-1.1x
-  faster on two devices; ResNet-18 at batch 32 runs 1.07-1.15x faster on one (each device's operations are then
-  too small, and every BatchNorm waits on the other device). 4 devices on 2 cores were slower. The update is one
-  function over the global batch whatever the device count (BatchNorm statistics, gradients and F are reduced
-  over all devices). Entry points call this before any JAX computation. It does nothing when XLA_FLAGS already
-  sets --xla_force_host_platform_device_count (the tests' 8 devices), or once JAX's backends exist. Accelerators
-  are unaffected: their devices are not CPU devices. Returns the count set, or None.
+  whose compiled kernels and XLA operations use every core: below that each device's operations are too small
+  and every BatchNorm waits on the other device, and more devices than cores are slower (the timings are in
+  docs/benchmarks.md). The update is one function over the global batch whatever the device count (BatchNorm
+  statistics, gradients and F are reduced over all devices). Entry points call this before any JAX computation.
+  It does nothing when XLA_FLAGS already sets --xla_force_host_platform_device_count (the tests' 8 devices), or
+  once JAX's backends exist. Accelerators are unaffected: their devices are not CPU devices. Returns the count
+  set, or None.
   """
-  import jax
+  import jax  # here, not at the top: loading a config must not start JAX
+  from byol_jax.models import native  # (its package imports no JAX)
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return None
   requested = config.train.cpu_devices
-  _check(requested >= 0, f'train.cpu_devices={requested} must be >= 0 (0: automatic)')
+  _check(requested >= 0, _cpu_devices_message(requested))
   cores = max(1, min(2, native.cpu_cores()))
   count = requested or (cores if config.train.batch_size // cores >= 64 else 1)
   try:
@@ -157,6 +158,11 @@ def set_cpu_devices(config) -> int | None:
   except RuntimeError:  # JAX already runs (a test, a notebook): keep its devices
     return None
   return count
+
+
+def _cpu_devices_message(requested: int) -> str:
+  return (f'train.cpu_devices={requested} must be >= 0; set --config.train.cpu_devices=0 (automatic) or to a '
+          'device count')
 
 
 def load_config_module(config_file: str, sibling: str):
@@ -186,8 +192,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills data.augment from data.augment_preset where the config left it empty; returns the config."""
   from byol_jax.data import augment
   if config.data.augment_preset not in augment.PRESETS:
-    raise ConfigError(f'data.augment_preset={config.data.augment_preset!r} is unknown; choose one of '
-                      f'{sorted(augment.PRESETS)}')
+    raise ConfigError(_choose('data.augment_preset', config.data.augment_preset, sorted(augment.PRESETS)))
   preset = augment.augment_config(config.data.augment_preset)
   with config.unlocked():
     for key, value in preset.items():
@@ -201,59 +206,88 @@ def _check(ok: bool, message: str):
     raise ConfigError(message)
 
 
+def _choose(key: str, value, choices, note: str = '') -> str:
+  """The message for a value outside its choices: the key, the value and the flag that fixes it."""
+  return (f'{key}={value!r} is unknown; set --config.{key} to one of {", ".join(map(repr, choices))}'
+          + (f' ({note})' if note else ''))
+
+
+def _positive(key: str, value, what: str = 'a positive number') -> str:
+  return f'{key}={value} must be positive; set --config.{key} to {what}'
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError naming the key and the fix for values that cannot work."""
+  """Raises ConfigError for values that cannot work; the message names the key and the flag that fixes it."""
   c = config
-  _check(c.method in METHODS, f"method={c.method!r} is unknown; use --config.method=byol or simsiam")
+  _check(c.method in METHODS, _choose('method', c.method, METHODS))
   _check(c.stop_gradient or c.method == 'simsiam',
-         'stop_gradient=False needs method=simsiam: a BYOL target is an EMA with no gradient path to remove')
-  _check(c.predictor.kind in PREDICTOR_KINDS,
-         f'predictor.kind={c.predictor.kind!r} is unknown; choose one of {", ".join(PREDICTOR_KINDS)}')
-  _check(c.train.steps > 0, f'train.steps={c.train.steps} must be positive')
-  _check(c.train.batch_size > 0, f'train.batch_size={c.train.batch_size} must be positive')
-  _check(c.train.checkpoint_every > 0, 'train.checkpoint_every must be positive')
-  _check(c.train.log_every > 0, 'train.log_every must be positive')
-  _check(c.train.cpu_devices >= 0, f'train.cpu_devices={c.train.cpu_devices} must be >= 0 (0: automatic)')
+         'stop_gradient=False needs method=simsiam (a BYOL target is an EMA, with no gradient path to remove): '
+         'add --config.method=simsiam, or drop --config.stop_gradient=False')
+  _check(c.predictor.kind in PREDICTOR_KINDS, _choose('predictor.kind', c.predictor.kind, PREDICTOR_KINDS))
+  _check(c.train.steps > 0, _positive('train.steps', c.train.steps, 'the number of optimizer steps'))
+  _check(c.train.batch_size > 0, _positive('train.batch_size', c.train.batch_size, 'the global batch size'))
+  _check(c.train.checkpoint_every > 0,
+         _positive('train.checkpoint_every', c.train.checkpoint_every, 'the steps between checkpoints'))
+  _check(c.train.log_every > 0, _positive('train.log_every', c.train.log_every, 'the steps between log records'))
+  _check(c.train.cpu_devices >= 0, _cpu_devices_message(c.train.cpu_devices))
   _check(c.train.compute_dtype in ('float32', 'bfloat16'),
-         f"train.compute_dtype={c.train.compute_dtype!r}; use 'float32' or 'bfloat16'")
+         _choose('train.compute_dtype', c.train.compute_dtype, ('float32', 'bfloat16')))
   if num_devices is not None:
     _check(c.train.batch_size % num_devices == 0,
-           f'train.batch_size={c.train.batch_size} is not divisible by the {num_devices} devices; '
-           f'use a multiple of {num_devices} or set --config.train.num_devices')
+           f'train.batch_size={c.train.batch_size} is not divisible by the {num_devices} devices; set '
+           f'--config.train.batch_size to a multiple of {num_devices}, or --config.train.num_devices to a divisor '
+           f'of {c.train.batch_size}')
   _check(c.data.name in IN_MEMORY_DATASETS + TFDS_DATASETS,
-         f'data.name={c.data.name!r} is unknown; choose one of {", ".join(IN_MEMORY_DATASETS + TFDS_DATASETS)}')
-  _check(c.data.image_size > 0, 'data.image_size must be positive')
-  _check(c.model.stem in resnet.STEMS, f'model.stem={c.model.stem!r}; choose one of {resnet.STEMS}')
-  _check(c.model.max_pool_impl in resnet.MAX_POOL_IMPLS,
-         f'model.max_pool_impl={c.model.max_pool_impl!r}; choose one of {resnet.MAX_POOL_IMPLS}')
-  _check(c.model.conv_impl in resnet.CONV_IMPLS,
-         f'model.conv_impl={c.model.conv_impl!r}; choose one of {resnet.CONV_IMPLS}')
+         _choose('data.name', c.data.name, IN_MEMORY_DATASETS + TFDS_DATASETS))
+  _check(c.data.image_size > 0, _positive('data.image_size', c.data.image_size, 'the side of the crops in pixels'))
+  _check(c.data.name != 'image_folder' or bool(c.data.path),
+         'data.name=image_folder needs --config.data.path=<a folder of PNG or JPEG images>')
+  _check(c.model.backbone in BACKBONES, _choose('model.backbone', c.model.backbone, BACKBONES))
+  _check(c.model.stem in STEMS, _choose('model.stem', c.model.stem, STEMS))
+  _check(c.model.max_pool_impl in MAX_POOL_IMPLS,
+         _choose('model.max_pool_impl', c.model.max_pool_impl, MAX_POOL_IMPLS, 'all compute the same function'))
+  _check(c.model.conv_impl in CONV_IMPLS,
+         _choose('model.conv_impl', c.model.conv_impl, CONV_IMPLS, 'all compute the same function'))
   p = c.predictor
-  _check(p.freq >= 1, f'predictor.freq={p.freq} must be >= 1 (1 = reset W_p every step)')
-  _check(0.0 <= p.rho < 1.0, f'predictor.rho={p.rho} must be in [0, 1)')
-  _check(p.power > 0, f'predictor.power={p.power} must be positive')
+  _check(p.freq >= 1, f'predictor.freq={p.freq} must be >= 1; set --config.predictor.freq=1 to reset W_p every '
+         'step, or n for every n steps')
+  _check(0.0 <= p.rho < 1.0, f'predictor.rho={p.rho} must be in [0, 1); set --config.predictor.rho (the paper: 0.3)')
+  _check(p.power > 0, _positive('predictor.power', p.power, 'c in p = s^(1/c) (DirectPred: 2)'))
   _check(p.eps >= 0 or p.eps_inside,
-         f'predictor.eps={p.eps} < 0 only makes sense with predictor.eps_inside=True (the c_j ablation)')
-  _check(p.centre_with in CENTRE_WITH,
-         f'predictor.centre_with={p.centre_with!r}; use one of {", ".join(CENTRE_WITH)}')
-  _check(p.solver in spectral.SOLVERS, f'predictor.solver={p.solver!r}; use one of {spectral.SOLVERS}')
-  _check(p.lr_mult >= 0, 'predictor.lr_mult (alpha_p) must be >= 0')
-  _check(p.weight_decay is None or p.weight_decay >= 0, 'predictor.weight_decay must be >= 0')
-  _check(0.0 <= c.ema.tau_base <= 1.0, f'ema.tau_base={c.ema.tau_base} must be in [0, 1]')
-  _check(c.ema.schedule in ('constant', 'cosine'), "ema.schedule must be 'constant' or 'cosine'")
-  _check(c.ema.target_init in ('copy', 'independent'), "ema.target_init must be 'copy' or 'independent'")
-  _check(c.optim.name in ('sgd', 'lars'), f"optim.name={c.optim.name!r}; use 'sgd' or 'lars'")
-  _check(c.optim.schedule in ('constant', 'warmup_cosine'), "optim.schedule: 'constant' or 'warmup_cosine'")
-  _check(c.optim.lr > 0, 'optim.lr must be positive')
-  _check(c.optim.weight_decay >= 0, 'optim.weight_decay must be >= 0')
-  _check(0 <= c.optim.warmup_steps < c.train.steps or c.optim.schedule == 'constant',
-         'optim.warmup_steps must be smaller than train.steps')
-  _check(c.eval.knn_k > 0 and c.eval.probe_epochs > 0, 'eval.knn_k and eval.probe_epochs must be positive')
-  _check(c.eval.probe_solver in evaluate.PROBE_SOLVERS,
-         f"eval.probe_solver={c.eval.probe_solver!r}; use 'lbfgs' (converged) or 'adam' (the paper's protocol)")
-  _check(c.eval.precise_bn in PRECISE_BN,
-         f'eval.precise_bn={c.eval.precise_bn!r}; use one of {", ".join(PRECISE_BN)}')
-  _check(c.eval.precise_bn_batches > 0, f'eval.precise_bn_batches={c.eval.precise_bn_batches} must be positive '
-         "(to switch precise BatchNorm off: --config.eval.precise_bn=never)")
-  _check(c.eval.probe_c > 0, f'eval.probe_c={c.eval.probe_c} must be positive (sklearn C: smaller is stronger L2)')
-  _check(c.eval.probe_max_iter > 0 and c.eval.probe_tol > 0, 'eval.probe_max_iter and eval.probe_tol must be positive')
+         f'predictor.eps={p.eps} < 0 only makes sense with eps inside the root (the c_j ablation): add '
+         '--config.predictor.eps_inside=True, or set --config.predictor.eps >= 0')
+  _check(p.centre_with in CENTRE_WITH, _choose('predictor.centre_with', p.centre_with, CENTRE_WITH))
+  _check(p.solver in SOLVERS, _choose('predictor.solver', p.solver, SOLVERS))
+  _check(p.lr_mult >= 0, f'predictor.lr_mult={p.lr_mult} (alpha_p) must be >= 0; set --config.predictor.lr_mult')
+  _check(p.weight_decay is None or p.weight_decay >= 0,
+         f'predictor.weight_decay={p.weight_decay} must be >= 0; set --config.predictor.weight_decay')
+  _check(0.0 <= c.ema.tau_base <= 1.0,
+         f'ema.tau_base={c.ema.tau_base} must be in [0, 1]; set --config.ema.tau_base (0: no EMA)')
+  _check(c.ema.schedule in ('constant', 'cosine'), _choose('ema.schedule', c.ema.schedule, ('constant', 'cosine')))
+  _check(c.ema.target_init in ('copy', 'independent'),
+         _choose('ema.target_init', c.ema.target_init, ('copy', 'independent')))
+  _check(c.optim.name in ('sgd', 'lars'), _choose('optim.name', c.optim.name, ('sgd', 'lars')))
+  _check(c.optim.schedule in ('constant', 'warmup_cosine'),
+         _choose('optim.schedule', c.optim.schedule, ('constant', 'warmup_cosine')))
+  _check(c.optim.lr > 0, _positive('optim.lr', c.optim.lr, 'the base learning rate'))
+  _check(c.optim.weight_decay >= 0,
+         f'optim.weight_decay={c.optim.weight_decay} must be >= 0; set --config.optim.weight_decay')
+  steps, warmup = c.train.steps, c.optim.warmup_steps
+  _check(0 <= warmup < steps or c.optim.schedule == 'constant',
+         f'optim.warmup_steps={warmup} must be >= 0 and smaller than train.steps={steps} '
+         f"(optim.schedule='{c.optim.schedule}'): set --config.optim.warmup_steps to fewer than {steps}, or "
+         f'--config.train.steps to more than {warmup}')
+  _check(c.eval.knn_k > 0, _positive('eval.knn_k', c.eval.knn_k, 'the number of neighbours'))
+  _check(c.eval.probe_epochs > 0, _positive('eval.probe_epochs', c.eval.probe_epochs, "the 'adam' probe's epochs"))
+  _check(c.eval.probe_solver in PROBE_SOLVERS,
+         _choose('eval.probe_solver', c.eval.probe_solver, PROBE_SOLVERS,
+                 "'lbfgs': converged; 'adam': the paper's protocol"))
+  _check(c.eval.precise_bn in PRECISE_BN, _choose('eval.precise_bn', c.eval.precise_bn, PRECISE_BN))
+  _check(c.eval.precise_bn_batches > 0,
+         _positive('eval.precise_bn_batches', c.eval.precise_bn_batches,
+                   'the batches to average; or switch precise BatchNorm off: --config.eval.precise_bn=never'))
+  _check(c.eval.probe_c > 0,
+         _positive('eval.probe_c', c.eval.probe_c, "sklearn's C (smaller is stronger L2; default 0.1)"))
+  _check(c.eval.probe_max_iter > 0,
+         _positive('eval.probe_max_iter', c.eval.probe_max_iter, "the 'lbfgs' probe's iteration cap"))
+  _check(c.eval.probe_tol > 0, _positive('eval.probe_tol', c.eval.probe_tol, "the 'lbfgs' probe's gradient tolerance"))

@@ -44,8 +44,9 @@ import numpy as np
 import optax
 from absl import logging
 
+from byol_jax.choices import PROBE_SOLVERS
+
 STANDARDIZE_EPS = 1e-6
-PROBE_SOLVERS = ('lbfgs', 'adam')
 
 
 def standardize(train_x, test_x) -> tuple[jax.Array, jax.Array]:

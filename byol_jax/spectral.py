@@ -2,7 +2,7 @@
 
 Shared by byol_jax (real training) and theory/ (linear-network simulation), so both set W_p the same
 way. Follows the reference code (luckmatters `ssl/real-dataset`, commit cb23d10, `predictor_reg=corr`,
-`balance_type=boost_scale`), see paper.md section 1.2. All functions are pure and jit-able.
+`balance_type=boost_scale`). All functions are pure and jit-able.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from byol_jax.choices import SOLVERS
 
 # The reference clamps predictor eigenvalues from below at this value.
 MIN_EIGENVALUE = 1e-4
@@ -138,9 +140,9 @@ def spectral_stats(corr: jax.Array, w_p: jax.Array) -> dict[str, jax.Array]:
 #   they come out between 0 and sqrt(s_j / s_max). Their contribution to ||W_p||_F is tiny.
 # ---------------------------------------------------------------------------------------------
 
-# Newton-Schulz products in float32 at HIGHEST precision. Measured on an H100 (2026-11-27, d = 256,
-# scripts/ns_check.py): 0.22 ms per W_p (eigh: 2.0 ms); XLA's BF16_BF16_F32_X6 tensor-core products were
-# slower (0.29 ms) and BF16_BF16_F32_X3 too inaccurate (1.1e-3 error, a failed root on a rank-deficient F).
+# Newton-Schulz products in float32 at HIGHEST precision: on an H100 at d = 256 a W_p then costs ~1/10 of eigh
+# (scripts/ns_check.py measures it); XLA's BF16_BF16_F32_X6 tensor-core products are slower, and
+# BF16_BF16_F32_X3 too inaccurate (1e-3 error, a failed root on a rank-deficient F).
 _HI = jax.lax.Precision.HIGHEST
 
 # Squarings in `top_eigenvalue`. After k squarings the estimate is the Rayleigh quotient
@@ -152,26 +154,19 @@ TOP_EIGENVALUE_ITERS = 11
 
 # Newton-Schulz design: spectrum of F / lambda_max assumed in [NS_MIN_EIGENVALUE, NS_MAX_EIGENVALUE].
 # NS_MAX_EIGENVALUE > 1 tolerates an underestimated lambda_max (up to 4%); NS_MIN_EIGENVALUE = 1e-6
-# (sqrt: 1e-3) covers the spectra of F seen in training (1e-6..1 relative). With the scaled
-# (minimax) schedule of `newton_schulz_schedule`, 10 iterations bring every mode in that range to
-# relative error <= 3e-5 (interval bound); plain Newton-Schulz needs ~20 for the same floor
-# (t = sigma^2 only grows by 9/4 per step when small). Modes below the floor are partly converged
-# (s = 1e-7: 0.68 sqrt(s), s = 1e-8: 0.25 sqrt(s); absolute error < 1e-4). Measured against float32
-# eigh (d = 128, 256; log-uniform 1..1e-6 and 1..1e-8, power law, rank 1/2 and 1/4 with exact zeros,
-# top pair 1e-5 apart; eps = 0, 0.01, 0.1): relative Frobenius error <= 6.7e-4 at eps = 0 (rank
-# deficient) and <= 1.5e-4 at full rank, about the error of float32 eigh itself against float64.
-# 10 rather than more: Z -> A^(-1/2) grows on negative round-off eigenvalues of F, and more
-# iterations make the root diverge on smaller ones (10: fine down to -1e-7 lambda_max, 1e-2 error at
-# -1e-6, divergence below ~-2e-6; 12 diverged on some rank-deficient test F). The 'newton_schulz'
-# solver checks the root and falls back to eigh on divergence. 3 matmuls per iteration minus 3.
-NS_MIN_EIGENVALUE = 1e-6
-# (sqrt: 1e-3) covers the spectra of F seen in training (1e-6..1 relative). With the scaled
-# (minimax) schedule of `newton_schulz_schedule`, 10 iterations bring every mode in that range to
-# relative error 3e-5 (interval bound), 11 to < 1e-9 (float32 round-off then dominates); plain
-# Newton-Schulz needs ~20 for the same floor (t = sigma^2 only grows by 9/4 per step when small).
-# Modes below the floor keep growing by ~2.47x (sigma) per step, so with 11 iterations a mode at
-# s = 1e-8 still reaches ~0.6 sqrt(s) (absolute error < 1e-4). Cost: 3 matmuls per iteration,
-# the last needs 2.
+# (sqrt: 1e-3) covers the spectra of F seen in training (1e-6..1 relative).
+# NS_ITERS = 10: with the scaled (minimax) schedule of `newton_schulz_schedule`, 10 iterations bring every
+# mode in that range to relative error <= 3e-5 (interval bound); plain Newton-Schulz needs ~20 for the same
+# floor (t = sigma^2 only grows by 9/4 per step when small). Modes below the floor grow by ~2.47x (sigma)
+# per step and are partly converged (s = 1e-7: 0.68 sqrt(s), s = 1e-8: 0.25 sqrt(s); absolute error
+# < 1e-4). Against float32 eigh (tests/test_spectral_fast.py, scripts/ns_check.py: d = 128, 256; log-uniform 1..1e-6 and
+# 1..1e-8, power law, rank 1/2 and 1/4 with exact zeros, top pair 1e-5 apart; eps = 0, 0.01, 0.1):
+# relative Frobenius error <= 6.7e-4 at eps = 0 (rank deficient) and <= 1.5e-4 at full rank, about the
+# error of float32 eigh itself against float64. Not more than 10: Z -> A^(-1/2) grows on negative
+# round-off eigenvalues of F, and more iterations make the root diverge on smaller ones (10: fine down
+# to -1e-7 lambda_max, 1e-2 error at -1e-6, divergence below ~-2e-6; 12 diverged on some rank-deficient
+# F). The 'newton_schulz' solver checks the root (NS_RESIDUAL_TOL) and then keeps the current W_p
+# (training) or falls back to eigh. Cost: 3 matmuls per iteration, 2 for the last.
 NS_MIN_EIGENVALUE = 1e-6
 NS_MAX_EIGENVALUE = 1.04
 NS_ITERS = 10
@@ -296,7 +291,6 @@ def directpred_predictor_fast(corr: jax.Array, eps: float, power: float = 2.0,
   return _fast_predictor(corr, eps, power, eps_inside, iters, top_iters, check=False)[0]
 
 
-SOLVERS = ('eigh', 'newton_schulz')
 # Fallback threshold of the 'newton_schulz' solver: relative residual ||S^2 - A||_F / ||A||_F of the
 # root S of A = F / lambda_max. Healthy roots measure 1e-5..1.1e-4 (float32 round-off); a root that
 # diverged on a negative eigenvalue of F below about -2e-6 lambda_max measures >= 1e2 (or inf).

@@ -54,6 +54,19 @@ def predictor_from_corr(corr, config, current):
   return spectral.predictor_weights_and_ok(corr, p.eps, p.power, p.eps_inside, solver=p.solver, fallback=current)
 
 
+def make_views(batch, step, config, mean, std):
+  """The two normalised views of a batch, augmented on device from its images, or from crops made on the host
+  (ImageNet: 'view1_u8' and 'view2_u8'; the rest of the augmentation runs here). Each example's randomness
+  depends on (seed, step, example index) only."""
+  if 'view1_u8' in batch:
+    v1, v2 = augment.two_views_from_crops(batch['view1_u8'], batch['view2_u8'], batch['index'], step,
+                                          config.seed, config.data.augment, config.data.image_size)
+  else:
+    v1, v2 = augment.two_views(batch['image'], batch['index'], step, config.seed, config.data.augment,
+                               config.data.image_size)
+  return normalize(v1, mean, std), normalize(v2, mean, std)
+
+
 def train_step(state: TrainState, batch, *, config, networks: Networks, tx: optax.GradientTransformation,
                mean, std, axis_name: str = AXIS):
   """One optimizer step on this device's shard of the global batch. Pure; collectives over axis_name."""
@@ -62,17 +75,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
   # F is also tracked for the SGD-trained linear predictors, so their spectra can be logged (paper Fig. 2).
   tracks_corr = kind in ('linear', 'linear_symmetric', 'directpred', 'directcopy')
   step = state.step
-  # Augmentation on device; each example's randomness depends on (seed, step, example index) only.
-  if 'view1' in batch:  # ready-made normalised views (the benchmark of the step without augmentation)
-    v1, v2 = batch['view1'], batch['view2']
-  elif 'view1_u8' in batch:  # crops made on the host (ImageNet); the rest of the augmentation runs here
-    v1, v2 = augment.two_views_from_crops(batch['view1_u8'], batch['view2_u8'], batch['index'], step,
-                                          config.seed, config.data.augment, config.data.image_size)
-    v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
-  else:
-    v1, v2 = augment.two_views(batch['image'], batch['index'], step, config.seed, config.data.augment,
-                               config.data.image_size)
-    v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
+  v1, v2 = make_views(batch, step, config, mean, std)
   labels = batch['label']
   n = v1.shape[0]
   # Both views in one pass ([view 1; view 2], 2n examples): BatchNorm keeps per-view statistics

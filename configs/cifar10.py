@@ -1,4 +1,4 @@
-"""DirectPred paper, CIFAR-10 (Tian, Chen & Ganguli 2021; shared/design/paper.md section 2).
+"""DirectPred paper, CIFAR-10 (Tian, Chen & Ganguli 2021: the paper's CIFAR-10 setup).
 
 Command:  python -m byol_jax.main --config=configs/cifar10.py[:ARGS] --workdir=runs/cifar10
           (data: tfds 'cifar10' in $TFDS_DATA_DIR or --config.data.tfds_data_dir; `tfds build cifar10`)
@@ -13,7 +13,7 @@ Setup:    as configs/stl10.py (ResNet-18, projector 512-512-128 BN affine=False,
           preset 'cifar10'; inputs normalised with mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
 Result:   linear probe top-1 on the 10k test split (frozen backbone, 50k train split, Adam 50 epochs).
 
-ARGS: the same comma-separated switches as configs/stl10.py (its docstring lists them), e.g.
+ARGS: the same comma-separated switches as configs/stl10.py (byol_jax/switches.py lists them), e.g.
 `configs/cifar10.py:freq5,epochs300`.
 
 Paper rows (CIFAR-10, Tbl 8; top-1 %, 100 / 300 / 500 epochs) -> ARGS:
@@ -25,6 +25,7 @@ Fig. 6 (no numbers in the text): no EMA with a symmetric predictor and alpha_p >
   paper reports those tables on STL-10 only.
 """
 from byol_jax.config import base_config, load_config_module
+from byol_jax.switches import apply_ablations
 
 NUM_TRAIN = 50_000
 
@@ -37,4 +38,4 @@ def get_config(arg=None):
   c.data.augment_preset = 'cifar10'
   c.model.stem = 'cifar'
   c.train.eval_every = 10 * (NUM_TRAIN // c.train.batch_size)  # every 10 epochs
-  return stl10.apply_ablations(c, arg, NUM_TRAIN)
+  return apply_ablations(c, arg, NUM_TRAIN)

@@ -5,7 +5,7 @@ Command:  python -m byol_jax.main --config=configs/imagenet.py[:PREDICTOR] --wor
           ILSVRC2012 tars in <data_dir>/downloads/manual/, then `tfds build imagenet2012 --data_dir=...`)
 Hardware: sized for 64-512 accelerators (BYOL: 512 TPU v3 cores); data-parallel over every device of every
           host, each host reads and crops its own slice of ImageNet.
-Time:     measured step on one H100 (2026-11-28, docs/benchmarks.md): 62 ms per 128 images in bf16 (2,071
+Time:     the step on one H100 (docs/benchmarks.md): 62 ms per 128 images in bf16 (2,071
           images/s per GPU, augmentation excluded). 300 epochs = 384M images: ~52 H100-hours of compute;
           ~2.1 h on 32 H100s (batch 128 per GPU, communication estimated), ~2-9 h on TPU v4-64..v4-256
           slices depending on MFU. Worked out in docs/scaling.md. BYOL reports ~8 h for 1000 epochs on 512

@@ -1,4 +1,4 @@
-"""DirectPred paper, STL-10 (Tian, Chen & Ganguli 2021, Appendix C; shared/design/paper.md section 2).
+"""DirectPred paper, STL-10 (Tian, Chen & Ganguli 2021, Appendix C).
 
 Command:  python -m byol_jax.main --config=configs/stl10.py[:ARGS] --workdir=runs/stl10
           (data: tfds 'stl10' in $TFDS_DATA_DIR or --config.data.tfds_data_dir; `tfds build stl10`)
@@ -27,8 +27,8 @@ ARGS: comma-separated switches applied left to right, e.g. `configs/stl10.py:lin
   cumulative  F = running mean over all steps     alphap<x>  predictor lr multiplier (Fig. 6)
   epochs<n>   train n epochs                      seed<n>    the seed
   centre      DirectPred on the covariance of f (the paper: worse; our uncentred F is its mean's direction)
-The same switches write the rows of a study (byol_jax/study.py, configs/study/); there `epochs<n>`
-scales the study's base steps by n/100 (the base stands for the paper's 100 epochs).
+The switches are byol_jax/switches.py; the same switches write the rows of a study (configs/study/); there
+`epochs<n>` scales the study's base steps by n/100 (the base stands for the paper's 100 epochs).
 
 Paper rows (STL-10, 100 epochs unless said; top-1 %) -> ARGS:
   Tbl 3 linear, EMA:     no bias sym 75.09 -> linear_sym;        no bias regular 74.51 -> linear
@@ -56,85 +56,13 @@ code) and the feature-dependent W_p (78.20); Tbl 3's 2-layer predictor symmetris
 without bias.
 """
 from byol_jax.config import base_config
+from byol_jax.switches import apply_ablations, apply_switches  # noqa: F401 (apply_switches: for older callers)
 
 NUM_TRAIN = 105_000  # STL-10 train (5k) + unlabelled (100k)
 
-PREDICTORS = {'directpred': 'directpred', 'directcopy': 'directcopy', 'linear': 'linear',
-              'linear_sym': 'linear_symmetric', 'mlp': 'mlp', 'none': 'none'}
-
-
-def _number(token, prefix):
-  try:
-    return float(token[len(prefix):])
-  except ValueError:
-    raise ValueError(f'config argument {token!r}: expected {prefix}<number>') from None
-
-
-def apply_switches(c, arg):
-  """Applies the comma-separated switches of `arg` (see the docstring) to c, left to right.
-
-  Returns the number of epochs asked for by an `epochs<n>` switch, or None; the caller decides what an
-  epoch is (apply_ablations: n passes over the data; byol_jax.study: n/100 of the study's base steps).
-  Raises ValueError naming an unknown or malformed switch."""
-  epochs = None
-  for t in [t.strip() for t in (arg or '').split(',') if t.strip()]:
-    if t in PREDICTORS:
-      c.predictor.kind = PREDICTORS[t]
-    elif t == 'bias':
-      c.predictor.use_bias = True
-    elif t == 'no_ema':
-      c.ema.tau_base = 0.0
-      c.ema.schedule = 'constant'  # a cosine schedule would raise tau from 0 to 1
-    elif t == 'simsiam':
-      c.method = 'simsiam'
-    elif t == 'no_stop_grad':
-      c.stop_gradient = False
-    elif t == 'wd_predictor_only':
-      c.predictor.weight_decay = c.optim.weight_decay
-      c.optim.weight_decay = 0.0
-    elif t == 'no_wd':
-      c.optim.weight_decay = 0.0
-      c.predictor.weight_decay = 0.0
-    elif t == 'cumulative':
-      c.predictor.cumulative_mean = True
-    elif t == 'centre':
-      c.predictor.centre = True
-    elif t.startswith('rho'):
-      c.predictor.rho = _number(t, 'rho')
-    elif t.startswith('eps'):
-      c.predictor.eps = _number(t, 'eps')
-    elif t.startswith('freq'):
-      c.predictor.freq = int(_number(t, 'freq'))
-    elif t.startswith('cj'):  # p_j = sqrt(max(s_j - c_j, 0)): eps inside the root, eps = -c_j (Tbl 7)
-      c.predictor.eps_inside = True
-      c.predictor.eps = -_number(t, 'cj')
-    elif t.startswith('alphap'):
-      c.predictor.lr_mult = _number(t, 'alphap')
-    elif t.startswith('wd'):
-      c.optim.weight_decay = _number(t, 'wd')
-      c.predictor.weight_decay = None  # the predictor follows the trunk
-    elif t.startswith('tau'):
-      c.ema.tau_base = _number(t, 'tau')
-      c.ema.schedule = 'constant'
-    elif t.startswith('epochs'):
-      epochs = int(_number(t, 'epochs'))
-    elif t.startswith('seed'):
-      c.seed = int(_number(t, 'seed'))
-    else:
-      raise ValueError(f'unknown config argument {t!r}; the switches are listed in configs/stl10.py')
-  return epochs
-
-
-def apply_ablations(c, arg, num_train, epochs=100):
-  """Applies the switches of `arg` (apply_switches) and sets train.steps = epochs * num_train // batch,
-  epochs from an `epochs<n>` switch or the default. Shared with configs/cifar10.py. Returns c."""
-  asked = apply_switches(c, arg)
-  c.train.steps = (asked if asked is not None else epochs) * num_train // c.train.batch_size
-  return c
-
 
 def paper_recipe(c):
-  """The STL-10 / CIFAR-10 recipe common to both datasets (paper.md section 2)."""
+  """The STL-10 / CIFAR-10 recipe common to both datasets (the paper's Appendix C and its reference code)."""
   c.method = 'byol'
   c.train.batch_size = 128
   c.train.log_every = 100

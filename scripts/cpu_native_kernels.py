@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from byol_jax.models import native
+from byol_jax.models.native import kernels as native
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 # (batch, size, input channels, output channels, kernel, stride): the default network's 3x3 layers and ResNet-18's.

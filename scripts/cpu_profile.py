@@ -51,12 +51,12 @@ def hlo_ops(hlo_dir):
 def category(name, shape, opcode, op_name, root, batch):
   if 'convolution' in (opcode, root) or opcode == 'custom-call' or name.startswith('ffi_call'):
     # (custom calls: models/native's compiled convolutions and weight gradients)
-    # Kernel-shaped ([C_in, kh, kw, C_out]), or XLA dropped the op name (weight gradients of models/conv.py).
+    # Kernel-shaped ([C_in, kh, kw, C_out]), or XLA dropped the op name (weight gradients of models/native/conv.py).
     if shape.split('[')[1].split(',')[0] != batch or not op_name:
       return 'convolution weight gradient'
     return 'convolution input gradient' if 'transpose(' in op_name else 'convolution forward'
   if 'dot' in (opcode, root):
-    return 'matrix products (heads; products of models/conv.py)'
+    return 'matrix products (heads; products of models/native/conv.py)'
   if 'transpose' in name or 'copy' in name:
     return 'layout copies (transposes)'
   return 'elementwise and reductions (BatchNorm, ReLU, loss, optimizer, EMA)'

@@ -5,15 +5,17 @@ Run from the repository root with the project's interpreter (no torch here):
 Prints one JSON line with byol_jax's trainable parameter count (the online state.params: tower = encoder +
 projector, predictor, probe; the target tower is a copy, not counted), by part; exits 1 if --expect differs.
 With --steps_npz it also runs two training steps of the real step function (byol_jax/step.py, both views in one
-pass, batch 8 of ready-made views) and writes the initial parameters, the batch, both steps' losses and the
-online and target parameters after them; `torch_fmnist_step.py --check ref.npz` loads those parameters into
-the peer, runs its own two steps and compares.
+pass, batch 8) and writes the initial parameters, the two views, both steps' losses and the online and target
+parameters after them; the batch goes in as training's host-made crops with augmentation preset 'none', so each
+view is its crop resized to its own size and normalised, the same at both steps. `torch_fmnist_step.py --check
+ref.npz` loads those parameters and views into the peer, runs its own two steps and compares.
 """
 import argparse, json, os, sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
+import ml_collections
 import numpy as np
 
 from byol_jax import config as config_lib, optim, state as state_lib, step as step_lib
@@ -30,13 +32,19 @@ def flat(tree, prefix):
 
 
 def two_steps(config, networks, state, tx, path, n=8):
+  config = config.copy_and_resolve_references()
+  config.data.augment_preset, config.data.augment = 'none', ml_collections.ConfigDict()  # no random op
+  config = config_lib.finalize(config)
   rng = np.random.default_rng(1)
-  batch = dict(view1=rng.standard_normal((n, 28, 28, 1)).astype(np.float32),  # NHWC, already normalised
-               view2=rng.standard_normal((n, 28, 28, 1)).astype(np.float32),
+  batch = dict(view1_u8=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),  # NHWC
+               view2_u8=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                label=rng.integers(0, 10, (n,)).astype(np.int32), index=np.arange(n, dtype=np.int32))
-  step = step_lib.shard_map_step(step_lib.make_step(config, networks, tx, (0.5,), (0.25,)), step_lib.make_mesh(1),
+  mean, std = (0.5,), (0.25,)
+  step = step_lib.shard_map_step(step_lib.make_step(config, networks, tx, mean, std), step_lib.make_mesh(1),
                                  donate=False)
-  out = {**flat(state.params, 'p0/'), **batch}
+  view1, view2 = jax.jit(lambda b: step_lib.make_views(b, 0, config, mean, std))(batch)  # what the step sees
+  out = {**flat(state.params, 'p0/'), 'view1': np.asarray(view1), 'view2': np.asarray(view2),
+         'label': batch['label'], 'index': batch['index']}
   losses = []
   for _ in range(2):
     state, metrics = step(state, batch)

@@ -53,7 +53,7 @@ def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
     chex.assert_trees_all_close(features_and_grads(impl), reference, atol=1e-5, rtol=1e-5)
 
 
-# (input [N, H, W, C], kernel size, stride, output channels): every path of models/conv.py, odd sizes included.
+# (input [N, H, W, C], kernel size, stride, output channels): every path of models/native/conv.py, odd sizes included.
 CONV_CASES = [
     ((3, 2, 2, 8), 3, 1, 6),    # input smaller than the kernel: forward and input gradient as products
     ((3, 4, 4, 8), 3, 2, 6),    # output gradient (2x2) smaller than the kernel: input gradient as a product
@@ -67,9 +67,9 @@ CONV_CASES = [
 
 
 def test_cpu_convolution_equals_lax_convolution_values_and_gradients():
-  """models/conv.py's conv_general_dilated (the CPU default) against lax.conv_general_dilated: the same outputs
+  """models/native/conv.py's conv_general_dilated (the CPU default) against lax.conv_general_dilated: the same outputs
   and gradients (input and kernel) within float32 summation order, for every path it takes."""
-  from byol_jax.models import conv
+  from byol_jax.models.native import conv
   dn = ('NHWC', 'HWIO', 'NHWC')
   for shape, k, stride, cout in CONV_CASES:
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
@@ -108,7 +108,7 @@ NATIVE_CASES = [
 def test_native_weight_gradient_equals_lax_convolution_values_and_gradients():
   """conv_impl='native' (the CPU default where a C++ compiler exists; .ci/run installs one): the compiled weight
   gradient against lax.conv_general_dilated's, and the forward and input gradient unchanged, for every case."""
-  from byol_jax.models import conv, native
+  from byol_jax.models.native import conv, kernels as native
   assert native.available(), 'the CPU kernels did not build (is g++ installed?)'
   dn = ('NHWC', 'HWIO', 'NHWC')
   for shape, k, stride, cout, pad in NATIVE_CASES:
@@ -130,7 +130,7 @@ def test_native_weight_gradient_equals_lax_convolution_values_and_gradients():
 def test_native_weight_gradient_replaces_xlas_and_falls_back_where_it_cannot():
   """With conv_impl='native' the kernel gradient of a 3x3 convolution is the custom call, not a convolution;
   output channels that are not a multiple of 16, and bfloat16, keep XLA's."""
-  from byol_jax.models import conv, native
+  from byol_jax.models.native import conv, kernels as native
   assert native.available()
 
   def hlo(cout, dtype=jnp.float32):
@@ -149,7 +149,7 @@ def test_native_convolution_routing_and_threads():
   """conv_impl='native': a 3x3 convolution with 32 output channels runs forward, input and weight gradient as
   the compiled kernels (no XLA convolution left), and their results do not depend on the thread count."""
   import os
-  from byol_jax.models import conv, native
+  from byol_jax.models.native import conv, kernels as native
   assert native.available()
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 10, 10, 32))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 32))
@@ -171,9 +171,9 @@ def test_native_convolution_routing_and_threads():
 
 
 def test_cpu_convolution_routes_small_convolutions_around_xla():
-  """The point of models/conv.py: of a 3x3 convolution over a 2x2 input, only the kernel gradient is left to XLA
+  """The point of models/native/conv.py: of a 3x3 convolution over a 2x2 input, only the kernel gradient is left to XLA
   as a convolution (the forward and the input gradient, which XLA would swap, are products on patches)."""
-  from byol_jax.models import conv
+  from byol_jax.models.native import conv
   x, w = jnp.ones((2, 2, 2, 8)), jnp.ones((3, 3, 8, 8))
 
   def convolutions(fn):

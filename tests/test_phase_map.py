@@ -1,4 +1,4 @@
-"""The weight decay x EMA rate phase diagram a study writes beside its results (byol_jax/phase_map.py).
+"""The weight decay x EMA rate phase diagram a study writes beside its results (byol_jax/study/phase_map.py).
 
 Fake run folders (a summary.json per run, no training): a 2x2 grid of symmetric linear predictor rows with
 one cell not run, and the tiny study's mlp / none rows, which form no grid."""

@@ -1,5 +1,5 @@
-"""The study runner (byol_jax/study.py), the collapse indicators and rule (byol_jax/collapse.py), and the
-configs/stl10.py switch language the study rows are written in.
+"""The study runner (byol_jax/study/), the collapse indicators and rule (byol_jax/study/collapse.py), and the
+switch language the study rows are written in (byol_jax/switches.py).
 
 Runs use configs/study/tiny.py (synthetic data, width 4, 16 px, 4 steps, one device)."""
 import json
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from byol_jax.study import collapse, plan as plan_lib, records, results, runner
-from byol_jax import config as config_lib
+from byol_jax import config as config_lib, switches
 from byol_jax.config import load_config_module
 from byol_jax.logging_utils import read_metrics
 
@@ -68,6 +68,10 @@ def test_collapse_verdict_thresholds():
   assert collapse.collapse_verdict({'z_std_times_sqrt_d': 0.7, 'z_effective_rank': 40.0})[0] is False
   assert collapse.collapse_verdict({'z_std_times_sqrt_d': spread / 2, 'z_effective_rank': 40.0})[0] is True
   assert collapse.collapse_verdict({'z_std_times_sqrt_d': 0.7, 'z_effective_rank': rank / 1.5})[0] is True
+  # Not collapsed, but below half a random network's spread: said so.
+  narrow = collapse.collapse_verdict({'z_std_times_sqrt_d': 0.15, 'z_effective_rank': 40.0})
+  assert narrow[0] is False and 'narrow' in narrow[1]
+  assert 'narrow' not in collapse.collapse_verdict({'z_std_times_sqrt_d': 0.7, 'z_effective_rank': 40.0})[1]
   # A summary's final_* keys, and z_std with d from a config.
   cfg = config_lib.base_config()
   got, reason = collapse.collapse_verdict({'final_z_std': 0.001, 'final_z_effective_rank': 30.0}, cfg)
@@ -76,20 +80,20 @@ def test_collapse_verdict_thresholds():
   assert collapse.collapse_verdict({'linear_probe_top1': 0.8}) == (False, 'not measured')
 
 
-# ---------------------------------------------------------------------------- configs/stl10.py switches
+# ---------------------------------------------------------------------------- byol_jax/switches.py
 def test_switches_shared_by_stl10_and_studies():
   c = config_lib.base_config()
-  assert STL10.apply_switches(c, 'linear_sym,no_ema,wd1e-3,epochs300') == 300
+  assert switches.apply_switches(c, 'linear_sym,no_ema,wd1e-3,epochs300') == 300
   assert (c.predictor.kind, c.ema.tau_base, c.ema.schedule, c.optim.weight_decay) == (
       'linear_symmetric', 0.0, 'constant', 1e-3)
   c = config_lib.base_config()
-  assert STL10.apply_switches(c, 'mlp,simsiam,no_stop_grad,tau0.9') is None
+  assert switches.apply_switches(c, 'mlp,simsiam,no_stop_grad,tau0.9') is None
   assert (c.method, c.stop_gradient, c.ema.tau_base) == ('simsiam', False, 0.9)
   c = config_lib.base_config()
-  STL10.apply_switches(c, 'directpred,centre,eps0.3,freq5')
+  switches.apply_switches(c, 'directpred,centre,eps0.3,freq5')
   assert (c.predictor.kind, c.predictor.centre, c.predictor.eps, c.predictor.freq) == ('directpred', True, 0.3, 5)
   with pytest.raises(ValueError, match='unknown config argument'):
-    STL10.apply_switches(config_lib.base_config(), 'mlp,bogus')
+    switches.apply_switches(config_lib.base_config(), 'mlp,bogus')
   assert STL10.get_config('').train.steps == 100 * 105_000 // 128
   assert STL10.get_config('linear,epochs300').train.steps == 300 * 105_000 // 128
 
@@ -130,10 +134,11 @@ def test_bad_study_config_fails_with_one_line(tmp_path):
 # ------------------------------------------------------------------------------------------ the runner
 @pytest.fixture(scope='module')
 def reference_study(tmp_path_factory):
-  """An uninterrupted tiny study (2 rows x 2 seeds x 4 steps), in process."""
+  """An uninterrupted tiny study (2 rows x 2 seeds x 4 steps), in process, recorded in DIR/../record."""
   workdir = str(tmp_path_factory.mktemp('study_ref'))
-  outcome = runner.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
-  return workdir, outcome
+  record = str(tmp_path_factory.mktemp('study_record'))
+  outcome = runner.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'), record=record)
+  return workdir, dict(outcome, record=record)
 
 
 def _final_evals(workdir, row, seeds=2):
@@ -200,31 +205,130 @@ def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
                                  [workdir]) is None
 
 
+def test_a_study_pointed_at_a_committed_record_trains_none_of_its_runs(reference_study, tmp_path):
+  """The record holds the finished runs without checkpoints; a fresh checkout (a copy, on a machine whose execution
+  settings differ) pointed at it trains nothing and aggregates the same numbers; a run missing from it is trained
+  and added to it."""
+  import shutil
+  workdir, outcome = reference_study
+  record = str(tmp_path / 'checkout' / 'record')
+  shutil.copytree(outcome['record'], record)
+  for row in ('mlp', 'none'):
+    for k in (0, 1):
+      files = set(os.listdir(os.path.join(record, row, f'seed{k}')))
+      assert {'config.json', 'metrics.jsonl', 'summary.json'} <= files and not files & {'checkpoints', 'tensorboard'}
+  path = os.path.join(record, 'none', 'seed1', 'config.json')
+  held = json.load(open(path))
+  held['train'].update(cpu_devices=2, progress_bar=True)  # execution settings of another machine
+  held['data']['path'] = '/elsewhere/fashion-mnist'
+  json.dump(held, open(path, 'w'))
+  fresh = str(tmp_path / 'fresh')
+  got = runner.run_study(tiny_study(), fresh, out=open(os.devnull, 'w'), record=record)
+  assert (got['ran'], got['skipped']) == (0, 4)
+  assert not os.path.exists(os.path.join(fresh, 'mlp', 'seed0', 'checkpoints'))
+  ref = results.collect(tiny_study(), workdir)['rows']
+  for res in (json.load(open(os.path.join(d, 'results.json')))['rows'] for d in (fresh, record)):
+    for row in ('mlp', 'none'):
+      assert res[row]['linear_probe_top1']['per_seed'] == ref[row]['linear_probe_top1']['per_seed']
+  # A run the record lacks is trained, and added to the record.
+  shutil.rmtree(os.path.join(record, 'none', 'seed1'))
+  got = runner.run_study(tiny_study(), str(tmp_path / 'fresh2'), out=open(os.devnull, 'w'), record=record)
+  assert (got['ran'], got['skipped']) == (1, 3)
+  assert os.path.exists(os.path.join(record, 'none', 'seed1', 'summary.json'))
+  assert not os.path.exists(os.path.join(record, 'none', 'seed1', 'checkpoints'))
+
+
+def test_run_identity_leaves_out_execution_settings_and_reads_old_records_with_legacy_values():
+  c = records.config_json(plan_lib.run_config(tiny_study(), 'mlp', 0))
+  other = json.loads(json.dumps(c))
+  other['train'].update(cpu_devices=1, num_devices=2, progress_bar=True, log_every=7, checkpoint_every=9)
+  other['model'].update(conv_impl='xla')
+  other['data'].update(path='/data/elsewhere')
+  assert records.run_identity(other) == records.run_identity(c)
+  other['optim']['lr'] = 0.5  # a setting that changes the numbers
+  assert records.run_identity(other) != records.run_identity(c)
+  old = json.loads(json.dumps(c))  # a run recorded before the keys existed: it was made with their legacy values
+  del old['eval']['precise_bn'], old['eval']['precise_bn_batches'], old['predictor']['centre_with']
+  assert records.run_identity(old) != records.run_identity(c)  # today's default re-estimates BatchNorm at step 0
+  c['eval']['precise_bn'], c['predictor']['centre_with'] = 'never', 'batch_mean'
+  assert records.run_identity(old) == records.run_identity(c)
+
+
+def test_paired_differences_equal_a_paired_t_test():
+  from scipy import stats
+  rng = np.random.default_rng(0)
+  ref = {k: 0.80 + 0.01 * rng.normal() for k in range(8)}
+  ahead = {k: v + 0.02 + 0.004 * rng.normal() for k, v in ref.items()}
+  ahead[8] = 0.9  # a seed the reference lacks: not paired
+  got = results.paired_difference(ahead, ref)
+  a, b = np.array([ahead[k] for k in range(8)]), np.array([ref[k] for k in range(8)])
+  t = stats.ttest_rel(a, b)
+  ci = t.confidence_interval(0.95)
+  assert got['n'] == 8 and got['seeds'] == list(range(8))
+  np.testing.assert_allclose(got['mean'], np.mean(a - b), rtol=1e-12)
+  np.testing.assert_allclose(got['std'], np.std(a - b, ddof=1), rtol=1e-12)
+  np.testing.assert_allclose(got['ci95'], [ci.low, ci.high], rtol=1e-10)
+  assert got['verdict'] == 'ahead'
+  assert results.paired_difference(ref, ahead)['verdict'] == 'behind'
+  noisy = {k: v + 0.01 * rng.normal() for k, v in list(ref.items())[:3]}
+  got = results.paired_difference(noisy, ref)
+  assert got['verdict'] == 'not resolved at 3 seeds' and got['ci95'][0] < 0 < got['ci95'][1]
+  # Seeds that resolve a 1-point difference at this spread: the first n whose t-interval half-width is <= 0.01.
+  n, sd = got['seeds_to_resolve_1pt'], got['std']
+  half = lambda n: stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)  # noqa: E731
+  assert half(n) <= 0.01 and (n == 2 or half(n - 1) > 0.01)
+  assert results.paired_difference({0: 0.5}, {0: 0.4})['verdict'] == 'not resolved at 1 seed'
+
+
+def test_results_give_paired_differences_against_the_reference_row(reference_study):
+  workdir, _ = reference_study
+  study = tiny_study(reference='none', pairs='mlp-none')
+  res = results.collect(study, workdir)
+  mlp, none = (res['rows'][r]['linear_probe_top1']['per_seed'] for r in ('mlp', 'none'))
+  assert [(p['row'], p['reference']) for p in res['paired']] == [('mlp', 'none'), ('mlp', 'none')]
+  np.testing.assert_allclose(res['paired'][0]['per_seed'], np.subtract(mlp, none), rtol=1e-12)
+  assert '| mlp − none | 2 |' in results.results_markdown(res)
+  with pytest.raises(plan_lib.StudyError, match="reference 'nope'"):
+    plan_lib.plan(tiny_study(reference='nope'))
+
+
 def test_forwarded_args_drop_the_parents_own_flags():
   argv = ['--config=configs/study/tiny.py', '--rows', 'mlp', '--parallel=2', '--config.seeds=1', '--reuse=a,b',
           '--workdir=/tmp/x', '--runs', 'mlp:0']
   assert runner.forwarded_args(argv) == ['--config=configs/study/tiny.py', '--config.seeds=1', '--workdir=/tmp/x']
 
 
-def test_parallel_study_trains_every_run_once_in_worker_processes(tmp_path):
-  """--parallel=2: two worker processes share the runs (each run once, one JAX device per process by config),
-  the parent writes the results; a second invocation finds everything finished and starts no worker."""
+def test_parallel_study_trains_every_run_once_and_resumes_without_parallel(tmp_path):
+  """--parallel=2: two worker processes share the runs (each run once, one JAX device per process); stopped by
+  SIGTERM midway, the study resumes and completes without --parallel (the device split is not part of a run's
+  identity), training no finished run again; then a --parallel invocation finds everything finished."""
   workdir = str(tmp_path)
-  proc = study_cli(workdir, '--parallel=2', '--config.seeds=1')
+  summaries = [os.path.join(workdir, r, f'seed{k}', 'summary.json') for k in (0, 1) for r in ('mlp', 'none')]
+  proc = study_cli(workdir, '--parallel=2')
+  t0 = time.time()
+  while proc.poll() is None and time.time() - t0 < 600:  # stop once two runs have finished
+    if sum(map(os.path.exists, summaries)) >= 2:
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.05)
   text = proc.communicate(timeout=600)[0]
-  assert proc.returncode == 0, text
-  assert '2 runs in 2 processes' in text and 'study tiny: 2/2 runs done' in text
+  assert '4 runs in 2 processes' in text, text
   logs = [open(os.path.join(workdir, f'.worker{i}.log')).read() for i in (0, 1)]
-  for row in ('mlp', 'none'):
-    assert sum(f'{row}/seed0:' in log for log in logs) == 1, (row, logs)  # trained by exactly one worker
-    config = json.load(open(os.path.join(workdir, row, 'seed0', 'config.json')))
-    assert config['train']['cpu_devices'] == 1
+  finished = [p for p in summaries if os.path.exists(p)]
+  for p in finished:
+    row_seed = os.path.relpath(os.path.dirname(p), workdir).replace(os.sep, '/')
+    assert sum(f'{row_seed}:' in log for log in logs) == 1, (row_seed, logs)  # trained by exactly one worker
+    assert json.load(open(os.path.join(os.path.dirname(p), 'config.json')))['train']['cpu_devices'] == 1
+  mtimes = {p: os.stat(p).st_mtime_ns for p in finished}
+  outcome = runner.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))  # no --parallel
+  assert (outcome['ran'], outcome['skipped']) == (4 - len(finished), len(finished))
+  assert {p: os.stat(p).st_mtime_ns for p in finished} == mtimes  # finished runs stay finished
   res = json.load(open(os.path.join(workdir, 'results.json')))
-  assert all(res['rows'][r]['seeds_done'] == [0] for r in ('mlp', 'none'))
+  assert all(res['rows'][r]['seeds_done'] == [0, 1] for r in ('mlp', 'none'))
   log_mtime = os.stat(os.path.join(workdir, '.worker0.log')).st_mtime_ns
-  proc = study_cli(workdir, '--parallel=2', '--config.seeds=1')
+  proc = study_cli(workdir, '--parallel=2')
   text = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0 and 'study tiny: all 2 runs already finished' in text, text
+  assert proc.returncode == 0 and 'study tiny: all 4 runs already finished' in text, text
   assert os.stat(os.path.join(workdir, '.worker0.log')).st_mtime_ns == log_mtime  # no worker started
 
 

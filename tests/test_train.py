@@ -43,9 +43,11 @@ def test_end_to_end_run_writes_metrics_checkpoints_and_plots(reference_run):
   records = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   evals = [r for r in records if 'linear_probe_top1' in r]
   assert [r['step'] for r in evals] == [0, 6]  # the random initialisation and the end
+  # Precise BatchNorm (eval.precise_bn='untrained'): only the untrained step-0 statistics are re-estimated.
+  assert [r['precise_bn'] for r in evals] == [True, False]
   for r in evals:
     assert 0.0 <= r['linear_probe_top1'] <= 1.0 and 0.0 <= r['knn_top1'] <= 1.0
-    # collapse indicators of the test split (byol_jax/collapse.py): z is 16-d, the features 32-d
+    # collapse indicators of the test split (byol_jax/study/collapse.py): z is 16-d, the features 32-d
     assert 1.0 <= r['z_effective_rank'] <= 16 and 1.0 <= r['feature_effective_rank'] <= 32
     assert r['z_std_times_sqrt_d'] == pytest.approx(4.0 * r['z_std'])
   logged = [r for r in records if 'loss' in r]

@@ -12,8 +12,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from theory import linear_net
-
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field with its default; configs/theory/*.py start from this and change what they need."""
@@ -109,6 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
     check(np.all(out['tau0'] == 1.0), f'simsiam=True needs tau0 = 1, got {out["tau0"]}')
   s = c.sim
   if s.enabled:
+    from theory import linear_net  # here, not at the top: loading a config (configs/theory/) must not import JAX
     check(s.lr > 0, f'sim.lr must be > 0, got {s.lr}')
     check(s.lr * c.beta <= 1.0, f'sim.lr * beta = 1 - gamma_a must be <= 1, got {s.lr * c.beta}')
     check(s.batch_size >= 0, f'sim.batch_size must be >= 0 (0: population gradient), got {s.batch_size}')

@@ -1,0 +1,1 @@
+"""The datasets, their deterministic resumable batches, and the augmentation on device."""

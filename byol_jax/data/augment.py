@@ -6,7 +6,7 @@ One view of one example is `augment_view(image_u8 [H,W,C], key, cfg, view, out_s
   -> colour jitter (brightness, contrast, saturation, hue in random order, with probability)
   -> grayscale -> Gaussian blur -> solarize -> clip to [0, 1].
 
-This follows the official BYOL code (see shared/design/byol_recipe.md), except that the crop also
+This follows the official BYOL code (DeepMind's deepmind-research byol/utils/augmentations.py), except that the crop also
 runs on device (BYOL crops on the host with tf.data) and the blur pads by reflection (BYOL pads with
 zeros, which darkens the border; torchvision's GaussianBlur, used by the STL/CIFAR recipe, reflects).
 
@@ -73,7 +73,7 @@ _BYOL = dict(
 PRESETS: dict[str, dict] = {
     # ImageNet recipe of the official BYOL code.
     'byol': dict(_BYOL),
-    # DirectPred STL-10 recipe (paper.md section 2): RRC(96), flip, ColorJitter(0.8, 0.8, 0.8, 0.2)
+    # DirectPred STL-10 recipe (the paper's Appendix C): RRC(96), flip, ColorJitter(0.8, 0.8, 0.8, 0.2)
     # p=0.8, grayscale p=0.2, blur always with a 9x9 kernel on 96 px (frac 0.1 -> 9 taps),
     # sigma ~ U(0.1, 2), no solarize. torchvision's RRC uses scale (0.08, 1).
     # Note: torchvision's brightness is multiplicative; here it is BYOL's additive delta.

@@ -1,0 +1,1 @@
+"""The networks: ResNet trunks, projector and predictors, per-view BatchNorm, and the CPU convolutions (native/)."""

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from byol_jax.config import PREDICTOR_KINDS
+from byol_jax.choices import PREDICTOR_KINDS
 from byol_jax.models.norm import ViewBatchNorm
 from byol_jax.models.resnet import ResNet
 

@@ -20,14 +20,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from byol_jax.models import conv as cpu_conv
-from byol_jax.models import native
+from byol_jax.choices import CONV_IMPLS, MAX_POOL_IMPLS, STEMS
+from byol_jax.models.native import conv as cpu_conv
+from byol_jax.models.native import kernels
 from byol_jax.models.norm import ViewBatchNorm
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).
 conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
-# (block kind, blocks per stage) for each named architecture.
+# (block kind, blocks per stage) for each named architecture (model.backbone: choices.BACKBONES).
 ARCHITECTURES = {
     'resnet_tiny': ('basic', (1, 1, 1, 1)),
     'resnet18': ('basic', (2, 2, 2, 2)),
@@ -36,12 +37,8 @@ ARCHITECTURES = {
     'resnet101': ('bottleneck', (3, 4, 23, 3)),
 }
 
-
-STEMS = ('imagenet', 'cifar', 'cifar_stride2')
-MAX_POOL_IMPLS = ('auto', 'taps', 'phases', 'xla')
-CONV_IMPLS = ('auto', 'native', 'matmul_small', 'xla')
-# The convolution function of each conv_impl (models/conv.py: XLA:CPU's slow cases as matrix products;
-# 'native' adds the compiled CPU convolution kernels of models/native).
+# The convolution function of each conv_impl (models/native/conv.py: XLA:CPU's slow cases as matrix products;
+# 'native' adds the compiled CPU convolution kernels of models/native/kernels.py).
 CONV_FUNCTIONS = {'xla': jax.lax.conv_general_dilated, 'matmul_small': cpu_conv.conv_general_dilated,
                   'native': cpu_conv.conv_general_dilated_native}
 
@@ -51,7 +48,7 @@ def resolve_conv_impl(conv_impl: str) -> str:
   if conv_impl == 'auto':
     if jax.default_backend() != 'cpu':
       return 'xla'
-    return 'native' if native.available() else 'matmul_small'
+    return 'native' if kernels.available() else 'matmul_small'
   return conv_impl
 
 

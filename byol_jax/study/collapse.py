@@ -1,7 +1,7 @@
 """Collapse, measured: the dimensionality of a representation, and the rule that calls a run collapsed.
 
 Accuracy alone cannot call collapse on Fashion-MNIST: the features of a randomly initialised network
-already give a linear probe of ~0.80 (README, "Configs"), and a collapsed projector output z leaves the
+already give a linear probe of ~0.73-0.76 (docs/study.md), and a collapsed projector output z leaves the
 backbone features below it with much of that random-feature accuracy. So the rule looks at the
 projector output z itself, which is what BYOL/SimSiam's loss acts on and what collapses:
 
@@ -29,9 +29,11 @@ import math
 
 import numpy as np
 
-# See docs/study.md: measured on Fashion-MNIST runs with and without a predictor.
-Z_STD_THRESHOLD = 0.1   # z_std * sqrt(d): ~0.7-0.8 trained and spread, ~0.15-0.25 at random init, 0 collapsed
+# See docs/study.md "The collapse rule". The random network, its BatchNorm statistics estimated from data (precise
+# BN), reads z_std * sqrt(d) 0.81 and z effective rank 106 (d = 128); a completely collapsed run 0.06 and ~1.
+Z_STD_THRESHOLD = 0.1   # z_std * sqrt(d) below an eighth of a random network's spread: collapsed
 Z_RANK_THRESHOLD = 2.0  # effective rank of z: 1 is a single direction
+RANDOM_Z_SPREAD = 0.81  # z_std * sqrt(d) of the random network: a run below half of it is called narrow
 RANK_EPS = 1e-7         # RankMe's epsilon in p_k = sigma_k / sum(sigma) + eps
 
 
@@ -96,7 +98,8 @@ def collapse_verdict(final_eval: dict, d=None) -> tuple[bool, str]:
     return True, 'collapsed: ' + '; '.join(reasons)
   parts = []
   if spread is not None:
-    parts.append(f'z_std*sqrt(d) {spread:.2f}')
+    narrow = ' (narrow: below half a random network\'s)' if spread < RANDOM_Z_SPREAD / 2 else ''
+    parts.append(f'z_std*sqrt(d) {spread:.2f}{narrow}')
   if rank is not None:
     parts.append(f'z effective rank {rank:.1f}')
   return False, 'not collapsed: ' + ', '.join(parts)

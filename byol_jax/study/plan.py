@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 
-from byol_jax import config as config_lib
+from byol_jax import config as config_lib, switches
 
 
 ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
@@ -14,11 +13,6 @@ ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
 
 class StudyError(ValueError):
   """A study config that cannot run; the message names the row or key."""
-
-
-def _stl10_module():
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return config_lib.load_config_module(os.path.join(root, 'configs', 'x.py'), 'stl10.py')
 
 
 def ordered_keys(cd) -> list[str]:
@@ -35,7 +29,7 @@ def run_config(study, row: str, seed_index: int):
   c = copy.deepcopy(study.base)
   args = study.rows[row]
   try:
-    epochs = _stl10_module().apply_switches(c, args)
+    epochs = switches.apply_switches(c, args)
   except ValueError as e:
     raise StudyError(f'row {row!r} ({args!r}): {e}') from None
   if epochs is not None:

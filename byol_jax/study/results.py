@@ -15,7 +15,7 @@ from byol_jax.study.records import config_json, read_json, run_dir
 
 
 METRICS = ('linear_probe_top1', 'knn_top1', 'initial_linear_probe_top1', 'initial_knn_top1') + collapse.KEYS
-# What runs with a linear-type predictor report of their spectra beside the theory (byol_jax/real_vs_theory.py).
+# What runs with a linear-type predictor report of their spectra beside the theory (byol_jax/study/real_vs_theory.py).
 THEORY_METRICS = ('loglog_slope_topk', 'loglog_r2_topk', 'loglog_slope', 'alignment_topk_final', 'asymmetry_final')
 
 
@@ -116,7 +116,7 @@ def collect(study, workdir: str) -> dict:
           'std': 'sample standard deviation over seeds (ddof=1); null with one finished seed',
           'collapse_rule': (f'collapsed when z_std*sqrt(d) < {collapse.Z_STD_THRESHOLD} or z effective rank < '
                             f'{collapse.Z_RANK_THRESHOLD} at the final evaluation (test split); a row is '
-                            'collapsed when most of its finished seeds are (byol_jax/collapse.py)'),
+                            'collapsed when most of its finished seeds are (byol_jax/study/collapse.py)'),
           'rows': rows, 'paired': paired,
           'paired_rule': ('difference of final linear probe top-1 (fractions) over the seeds both rows have: mean, '
                           'sample std, 95% t-interval; ahead / behind when the interval excludes 0, else not '
@@ -196,8 +196,9 @@ def results_markdown(res: dict) -> str:
                    f'{p["seeds_to_resolve_1pt"] or "-"} |')
   theory_rows = {name: e['real_vs_theory'] for name, e in res['rows'].items() if e.get('real_vs_theory')}
   if theory_rows:
-    lines += ['', 'Linear-type predictors beside the theory (byol_jax/real_vs_theory.py, at the end of training): '
-              'the log-log slope of p_j^2 against s_j over the top 10 modes of F and its R^2 (theory: slope 1), '
+    lines += ['', 'Linear-type predictors beside the theory (byol_jax/study/real_vs_theory.py, at the end of '
+              'training): the log-log slope of p_j^2 against s_j over the top 10 modes of F and its R^2 '
+              '(theory: slope 1), '
               'the same over all modes above 1e-6 s_max, the mean |cos(W_p u_j, u_j)| of the top 10 eigenvectors '
               'of F (theory: 1; random: ~0.07 at d = 128), and ||W_p - W_p^T|| / ||W_p|| (theory: 0).', '',
               '| row | slope, top 10 | R^2, top 10 | slope, all modes | alignment, top 10 | asymmetry |',
@@ -268,7 +269,7 @@ def results_plot(res: dict, path: str) -> None:
 
 def write_results(study, workdir: str) -> dict:
   """Writes DIR/results.json, results.md, results.png (each atomically), and phase_diagram.png / .json when
-  the rows form a weight decay x EMA rate grid (byol_jax/phase_map.py); returns the results."""
+  the rows form a weight decay x EMA rate grid (byol_jax/study/phase_map.py); returns the results."""
   res = collect(study, workdir)
   os.makedirs(workdir, exist_ok=True)
 

@@ -92,9 +92,9 @@ def base(arg, steps: int):
 
 def study(name: str, arg, steps: int, rows: dict, paper: dict, seeds: int = 3, reference: str = '',
           pairs: tuple = ()):
-  """A study config: name, base, rows (name -> configs/stl10.py switches, in this order), seeds, paper
+  """A study config: name, base, rows (name -> switches of byol_jax/switches.py, in this order), seeds, paper
   (row -> {'value': STL-10 top-1 %, 'table': where}); reference: the row every other row is compared with,
-  seed by seed (byol_jax/study.py "Paired differences"); pairs: more 'row-other' comparisons."""
+  seed by seed (byol_jax/study/results.py "Paired differences"); pairs: more 'row-other' comparisons."""
   c = ml_collections.ConfigDict()
   c.name = name if not arg or arg == 'paper_regime' else f'{name}_{arg}'
   c.base = base(arg, steps)

@@ -14,9 +14,11 @@ lets more modes escape collapse (Obs#1) but lets s_j grow less (Obs#2).
 lr 0.4 and weight decay 1e-4, not the base's 0.1 and 4e-4: SimSiam's loss (the mean of two negative
 cosines) has 1/4 the gradient of BYOL's (the sum of two 2 - 2 cos), so at the same lr a SimSiam run moves 4x
 slower. At 0.4 / 1e-4 the SimSiam step (gradient x lr, and lr x weight decay) has the scale of the BYOL
-base's step with the target = online network (table3's `linear_sym,no_ema`, which collapses). Measured
-2026-11-30 (one seed, docs/study.md): at the base's lr 0.1 no alpha_p collapsed, so Fig. 6's rescue could not
-show; at lr 0.4 (3 seeds, ~13 min with --parallel=2) alpha_p = 1 sits on the collapse line.
+base's step with the target = online network (table3's `linear_sym,no_ema`, which collapses); at the base's
+lr 0.1 no alpha_p collapsed (:short, one seed), so Fig. 6's rescue could not show.
+Time:     :short (400 steps, 12 runs): ~13 min on 2 CPU cores with --parallel=2; the default's 2000 steps ~5x that.
+Result:   :short: every alpha_p ends at or below the collapse line, the spread falling with alpha_p (Obs#2's
+          effect, not Fig. 6's rescue); docs/study.md.
 
 Rows:
   alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)

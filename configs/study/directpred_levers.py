@@ -1,4 +1,4 @@
-"""Study: what DirectPred needs on this network (the issue's "if it loses to SGD linear, find what it takes").
+"""Study: what DirectPred needs on this network to match the SGD-trained linear predictor.
 
 Command:  python -m byol_jax.study --config=configs/study/directpred_levers.py --workdir=runs/study/directpred_levers
           [--reuse=runs/study/predictors]   (directpred, linear and mlp are the predictors study's rows)

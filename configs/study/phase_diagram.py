@@ -11,7 +11,7 @@ the study base's lr 0.1: eta = wd / lr in {0, 0.004, 0.04, 0.4} and beta = (1 - 
 mode collapses above eta_c = 1 / (4 (1 + sigma^2)) = 0.25 (sigma^2 = 0), i.e. only the wd 4e-2 column
 (Obs#5), and a slower EMA (smaller beta, the target initialised independently) widens the collapse basin
 below eta_c (Obs#10, notebooks/03). The study writes the real map beside the theory's: DIR/phase_diagram.png
-and .json (byol_jax/phase_map.py; the map and its caveats are there).
+and .json (byol_jax/study/phase_map.py; the map and its caveats are there).
 
 Paper numbers on the grid's edges: linear sym, no EMA, wd 4e-4 (row wd4e-4_tau0): 36.62 (Tbl 3,
 collapsed); wd 4e-4, tau 0.996: 75.09 (Tbl 3); no wd, no EMA (wd0_tau0): 43.04 (Tbl 5); no wd, tau 0.996

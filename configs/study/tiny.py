@@ -18,4 +18,6 @@ def get_config():
   c.rows = ml_collections.ConfigDict({'mlp': 'mlp', 'none': 'none'})
   c.seeds = 2
   c.paper = ml_collections.ConfigDict({'mlp': {'value': 78.53, 'table': 'Tbl 3 2-layer, EMA, bias regular'}})
+  c.reference = ''  # a row to compare the others with, seed by seed (the tests set it)
+  c.pairs = ''
   return c

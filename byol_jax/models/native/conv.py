@@ -15,7 +15,7 @@ backward pass makes the same choice:
     the gradient of the patches (one product) is placed back with padded slices (col2im);
   - weight gradient: a product of patches and output gradient for 1x1 kernels (XLA's form is a
     convolution with a batch-sized window: ~10x slower there), XLA's transpose otherwise.
-`conv_general_dilated_native` is the same with compiled CPU kernels (models/native) where they are built
+`conv_general_dilated_native` is the same with the compiled CPU kernels (kernels.py) where they are built
 and faster (float32; docs/benchmarks.md): the weight gradients of kernels larger than 1x1 (XLA transposes
 x and dy for them and then runs at ~25 GFLOP/s; the kernel reads them in place at 90-235 GFLOP/s), and the
 forward and stride-1 input gradient of the other convolutions whose kernel holds at most 1152 inputs
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from byol_jax.models import native
+from byol_jax.models.native import kernels
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -51,7 +51,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, precision=None, *, native_kernels=False,
                          **kwargs):
   """`lax.conv_general_dilated` with XLA:CPU's slow cases computed as matrix products (see module doc);
-  `native_kernels`: models/native's compiled kernels on CPU where they are faster (see module doc)."""
+  `native_kernels`: kernels.py's compiled kernels on CPU where they are faster (see module doc)."""
   plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1 and not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and kwargs.get('preferred_element_type') is None and kwargs.get('out_sharding') is None)
@@ -98,8 +98,8 @@ def _native_forward(x, w, native_kernels) -> bool:
   which im2col multiplies; with ResNet-18's 3x3x512 the step is slower, measured)."""
   kh, kw, cin, _ = w.shape
   limit = 2304 if _small(x.shape[1:3], (kh, kw)) else 1152
-  return (native_kernels and native.conv_supports(x, w) and (kh, kw) != (1, 1) and kh * kw * cin <= limit
-          and native.available())
+  return (native_kernels and kernels.conv_supports(x, w) and (kh, kw) != (1, 1) and kh * kw * cin <= limit
+          and kernels.available())
 
 
 def _native_conv(x, w, strides, pads, precision, native_kernels):
@@ -107,7 +107,7 @@ def _native_conv(x, w, strides, pads, precision, native_kernels):
   if not _native_forward(x, w, native_kernels):
     return _xla_conv(x, w, strides, pads, precision)
   return lax.platform_dependent(
-      x, w, cpu=lambda x_, w_: native.conv(x_, w_, strides, pads),
+      x, w, cpu=lambda x_, w_: kernels.conv(x_, w_, strides, pads),
       default=lambda x_, w_: _xla_conv(x_, w_, strides, pads, precision))  # the kernel exists for CPUs only
 
 
@@ -147,9 +147,9 @@ def _col2im(dpatches, x_shape, kernel_hw, strides, pads):
 
 def _weight_grad(x, dy, w, strides, pads, precision, native_kernels):
   xla = lambda x_, dy_: jax.vjp(lambda w_: _xla_conv(x_, w_, strides, pads, precision), w)[1](dy_)[0]
-  if not (native_kernels and native.supports(x, dy, w) and native.available()):
+  if not (native_kernels and kernels.supports(x, dy, w) and kernels.available()):
     return xla(x, dy)
-  compiled = lambda x_, dy_: native.conv_weight_grad(x_, dy_, w.shape[:2], strides, pads)
+  compiled = lambda x_, dy_: kernels.conv_weight_grad(x_, dy_, w.shape[:2], strides, pads)
   return lax.platform_dependent(x, dy, cpu=compiled, default=xla)  # the kernel exists for CPUs only
 
 
