@@ -16,7 +16,7 @@
 # TORCH_PY (default .peer/venv/bin/python) and JAX_PY (default python) are the two interpreters; torch is not
 # in requirements.txt. Make the torch interpreter once (.peer/ is git-ignored; CPU wheels):
 #   python3 -m venv .peer/venv && .peer/venv/bin/pip install numpy torch --index-url https://download.pytorch.org/whl/cpu
-# PEER_R18 is the ResNet-18 peer (default .peer/torch_byol_step.py; part a only). Relative paths are read from the
+# PEER_R18 is the ResNet-18 peer (default scripts/torch_byol_step.py; part a only). Relative paths are read from the
 # repository root. PARTS picks the parts (default "a b"). ROUNDS=N (default 1) runs each part's timed runs N times, alternating the
 # sides, and the table reports the median and range of the per-round ratio: machines like this one drift by
 # +-15% within minutes, so a ratio measured once can mislead. QUICK=1 runs 1-2 steps of everything (to test the script; numbers meaningless).
@@ -29,7 +29,7 @@ set -euo pipefail
 OUT=${1:?usage: cpu_side_by_side.sh OUT_DIR}
 TORCH_PY=${TORCH_PY:-.peer/venv/bin/python}
 JAX_PY=${JAX_PY:-python}
-PEER_R18=${PEER_R18:-.peer/torch_byol_step.py}
+PEER_R18=${PEER_R18:-scripts/torch_byol_step.py}
 PARTS=${PARTS:-a b}
 QUICK=${QUICK:-0}
 ROUNDS=${ROUNDS:-1}
