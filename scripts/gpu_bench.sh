@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark of the "Scale" issue, in one call on one GPU: byol_jax's step beside the PyTorch peer
 # (r18 also times the augmentation alone and without each of its ops: `bench --augment_ops`).
-# Needs: .peer/torch_byol_step.py (a copy of ../shared/peers/torch_byol_step.py) and, where
-# ml_collections is missing, its wheel in .whl/. Writes JSON lines under ${OUT:-bench_out}/.
+# The torch parts run the project's peer, scripts/torch_byol_step.py. Where ml_collections is missing, its wheel
+# in .whl/ (docs/gpu_runbook.md). Writes JSON lines under ${OUT:-bench_out}/. Issue 20's one call: gpu_issue20.sh.
 #   bash scripts/gpu_bench.sh
 #   PARTS="r18 torch_compile" VARIANTS=no_augment,full bash scripts/gpu_bench.sh     (a subset)
 #   PARTS=profile VARIANTS=no_augment+linear,full bash scripts/gpu_bench.sh   (traces + scripts/trace_summary.py)
@@ -31,11 +31,11 @@ for part in $PARTS; do
       --augment_ops ${EXTRA:-} 2>"$OUT/jax_r18.err" | tee "$OUT/jax_r18.jsonl"
     tail -3 "$OUT/jax_r18.err" ;;
   torch_compile) echo "== torch peer, torch.compile"
-    timeout 150 python3 .peer/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --compile --steps 100 \
+    timeout 150 python3 scripts/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --compile --steps 100 \
       2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl"
     tail -3 "$OUT/torch.err" ;;
   torch_eager) echo "== torch peer, eager"
-    timeout 50 python3 .peer/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --steps 50 \
+    timeout 50 python3 scripts/torch_byol_step.py --res 96 --batch 256 --amp --channels-last --steps 50 \
       2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl" ;;
   profile) echo "== byol_jax ResNet-18, profiler traces of 5 steps per variant"
     timeout 300 python3 -m byol_jax.bench $R18 --steps=20 --repeats=1 --variants=$VARIANTS --profile_dir=/tmp/byol_prof \

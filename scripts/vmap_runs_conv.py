@@ -3,6 +3,9 @@ another on this backend? Measured on the convolution that dominates the default 
 forward and both gradients): under vmap the R kernels become one grouped convolution (feature_group_count=R).
 
   python scripts/vmap_runs_conv.py     (docs/records/benchmarks_log_2026-11.md, "Runs batched with vmap")
+
+The convolution alone, kept for that record; the whole training step of K runs batched (byol_jax/batched.py)
+against the same runs one after another is scripts/batched_runs_bench.py.
 """
 import time, jax, jax.numpy as jnp
 R = 3
