@@ -46,6 +46,14 @@ def load_data(config):
   if d.name in config_lib.TFDS_DATASETS:
     from byol_jax.data import tfds_source
     data, info = tfds_source.load_in_memory(d.name, d.tfds_data_dir or None, d.image_size)
+  elif d.name == 'image_folder':
+    try:
+      raw, info = sources.load_image_folder(d.path, d.image_size)
+    except sources.ImageFolderError as e:  # a config value that cannot work: one line from the entry points
+      raise config_lib.ConfigError(f'data.path: {e}') from None
+    data = {split: (raw[split]['images'], raw[split]['labels']) for split in ('train', 'test')}
+    if jax.process_index() == 0:
+      print(f'data: {info["report"]}', flush=True)
   else:
     raw = sources.load_dataset(d.name, d.path or None, seed=config.seed, num_train=d.num_train or 512,
                                num_test=d.num_test or 256, image_size=d.image_size, channels=3, num_classes=10)
@@ -172,11 +180,13 @@ def extract_features(feature_fn, state, batches, mesh):
 
 def run_evaluation(config, feature_fn, state, data, info, mesh) -> dict:
   """Linear probe and kNN (train split -> test split), and the collapse indicators of the test split's
-  features and projector outputs (byol_jax/collapse.py)."""
+  features and projector outputs (byol_jax/study/collapse.py)."""
   bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
   ftrain, ytrain, _ = extract_features(feature_fn, state, eval_batches(config, data, 'train', bs), mesh)
   ftest, ytest, ztest = extract_features(feature_fn, state, eval_batches(config, data, 'test', bs), mesh)
-  result = evaluate.evaluate_features(ftrain, ytrain, ftest, ytest, info['num_classes'], config.eval)
+  result = {}
+  if info.get('labelled', True):  # unlabelled images (image_folder without class folders): no probes to fit
+    result = evaluate.evaluate_features(ftrain, ytrain, ftest, ytest, info['num_classes'], config.eval)
   result.update(collapse.collapse_stats(ftest, ztest))
   return result
 
@@ -355,6 +365,8 @@ def run(config, workdir: str) -> dict:
 
 def summary_line(s: dict, config) -> str:
   def pair(a, b):
+    if b is None:
+      return 'skipped (unlabelled data)'
     if a is None:
       return f'{b:.4f}'
     return f'{a:.4f} -> {b:.4f} ({100 * (b - a):+.1f} pts)'

@@ -1,4 +1,5 @@
-"""In-memory datasets and a deterministic, resumable batch source.
+"""In-memory datasets (Fashion-MNIST, synthetic, a folder of one's own images: `load_image_folder`) and a
+deterministic, resumable batch source.
 
 Datasets are dicts {'train': {'images': uint8 [N, H, W, C], 'labels': int32 [N]}, 'test': {...}}.
 
@@ -151,6 +152,217 @@ def load_dataset(name: str, path: str | None = None, seed: int = 0, **synthetic_
   if name == 'synthetic':
     return synthetic_dataset(seed=seed, **synthetic_kwargs)
   raise ValueError(f'unknown dataset {name!r}; choose fashion_mnist or synthetic')
+
+
+# ----------------------------------------------------------------------------------------------------
+# A folder of one's own images (data.name='image_folder', data.path)
+# ----------------------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+IMAGE_FOLDER_TEST_FRACTION = 0.1  # of each class, without train/ and test/ subfolders
+IMAGE_FOLDER_SPLIT_SEED = 0       # the same split for every run and seed: one test set to compare runs on
+IMAGE_FOLDER_MAX_MEMORY = 0.5     # of the memory available: beyond it, stream instead (tfds's ImageFolder)
+
+
+class ImageFolderError(ValueError):
+  """A folder of images that cannot be read as a dataset; the message names the file or folder."""
+
+
+def _image_files(folder: str, recursive: bool) -> list[str]:
+  """Sorted paths of the PNG / JPEG files in `folder` (hidden files and folders left out)."""
+  out = []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.')) if recursive else []
+    out += [os.path.join(root, f) for f in files
+            if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(out)
+
+
+def _subfolders(folder: str) -> list[str]:
+  return sorted(d for d in os.listdir(folder) if not d.startswith('.') and os.path.isdir(os.path.join(folder, d)))
+
+
+def _scan_split(folder: str) -> tuple[list[str], list[str], list[str]]:
+  """(files, their class names or '' each, the class names) of one folder: class subfolders, or images only."""
+  classes = _subfolders(folder)
+  loose = _image_files(folder, recursive=False)
+  if classes and loose:
+    raise ImageFolderError(f'{folder} holds both images ({os.path.basename(loose[0])}, ...) and subfolders '
+                           f'({", ".join(classes[:4])}{", ..." if len(classes) > 4 else ""}): put every image in '
+                           'a class subfolder, or use no subfolders (unlabelled)')
+  if not classes:
+    if not loose:
+      raise ImageFolderError(f'{folder} holds no image ({"/".join(IMAGE_EXTENSIONS)})')
+    return loose, [''] * len(loose), []
+  files, names = [], []
+  for c in classes:
+    found = _image_files(os.path.join(folder, c), recursive=True)
+    if not found:
+      raise ImageFolderError(f'class folder {os.path.join(folder, c)} holds no image ({"/".join(IMAGE_EXTENSIONS)})')
+    files += found
+    names += [c] * len(found)
+  return files, names, classes
+
+
+def _seeded_split(names: list[str], fraction: float, seed: int) -> np.ndarray:
+  """Boolean test mask: round(fraction x n) of each class's n images (at least one where n >= 2)."""
+  rng = np.random.default_rng(seed)
+  names = np.asarray(names)
+  test = np.zeros(len(names), bool)
+  for c in sorted(set(names.tolist())):
+    idx = np.flatnonzero(names == c)
+    n_test = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+    test[rng.permutation(idx)[:n_test]] = True
+  return test
+
+
+def _memory_available() -> int:
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def _gray_from_16bit(img):
+  """16-bit grayscale (PNG 'I;16' / 'I') as 8-bit 'L' (PIL's convert('L') would clip at 255, not scale)."""
+  from PIL import Image
+  arr = np.asarray(img, np.float64) / 257.0
+  return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), 'L')
+
+
+def read_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """One image as uint8 [size, size, 1 or 3] (grayscale stays one channel; palette, alpha and CMYK become RGB,
+  the alpha dropped), its shorter side resized to `size` and the centre cropped; and its original (W, H)."""
+  from PIL import Image
+  try:
+    with Image.open(path) as img:
+      img.draft('RGB' if img.mode not in ('L', '1') else 'L', (size, size))  # JPEG: decode at a reduced scale
+      img.load()
+      original = img.size
+      if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        img = _gray_from_16bit(img)
+      elif img.mode in ('1', 'L', 'LA'):
+        img = img.convert('L')
+      else:
+        img = img.convert('RGB')
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageFolderError(f'{path}: cannot read it as an image ({e})') from None
+  w, h = img.size
+  if min(w, h) < 1:
+    raise ImageFolderError(f'{path}: empty image ({w}x{h})')
+  scale = size / min(w, h)
+  new = (max(size, round(w * scale)), max(size, round(h * scale)))
+  img = img.resize(new, Image.Resampling.BILINEAR)
+  left, top = (new[0] - size) // 2, (new[1] - size) // 2
+  arr = np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
+  return (arr[..., None] if arr.ndim == 2 else arr), original
+
+
+def _read_images(files: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, int]], int]:
+  """uint8 [N, size, size, C] with C = 3 if any image is colour (grayscale ones then repeated to RGB), else 1;
+  the original sizes; how many grayscale images were made RGB."""
+  from concurrent.futures import ThreadPoolExecutor
+  with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+    results = list(pool.map(lambda f: read_image(f, size), files))
+  channels = 3 if any(a.shape[-1] == 3 for a, _ in results) else 1
+  images = np.empty((len(files), size, size, channels), np.uint8)
+  converted = 0
+  for i, (a, _) in enumerate(results):
+    if a.shape[-1] != channels:
+      converted += 1
+    images[i] = a if a.shape[-1] == channels else np.repeat(a, channels, axis=-1)
+  return images, [s for _, s in results], converted
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
+  """Per-channel mean and std of the pixels in [0, 1], in chunks (no float copy of the whole split)."""
+  total = np.zeros(images.shape[-1])
+  squares = np.zeros(images.shape[-1])
+  for start in range(0, len(images), 1024):
+    x = images[start:start + 1024].astype(np.float64) / 255.0
+    total += x.sum(axis=(0, 1, 2))
+    squares += (x * x).sum(axis=(0, 1, 2))
+  n = images.shape[0] * images.shape[1] * images.shape[2]
+  mean = total / n
+  std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+  return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
+
+
+def load_image_folder(path: str, image_size: int) -> tuple[dict, dict]:
+  """A folder of PNG / JPEG images as an in-memory dataset (like `load_fashion_mnist`), and its info.
+
+  Layout: class subfolders (path/<class>/*.png) give labels 0..K-1 in sorted order; images straight in `path`
+  are unlabelled (labels -1: the online probe ignores them, the linear probe and kNN are skipped).
+  path/train/ and path/test/ (each laid out so) give the split; else IMAGE_FOLDER_TEST_FRACTION of each class
+  is the test split (seed IMAGE_FOLDER_SPLIT_SEED, the same for every run). Each image is resized, shorter side
+  to `image_size`, and centre-cropped square; grayscale images stay one channel unless the folder also holds
+  colour images (then all are RGB); alpha is dropped. Mean and std for normalisation are those of the train
+  split. Everything is held in memory: N x image_size^2 x C bytes, refused above IMAGE_FOLDER_MAX_MEMORY of the
+  memory available (beyond it, stream with tfds's ImageFolder builder).
+
+  Returns ({'train': {'images', 'labels'}, 'test': {...}}, info) with info as `dataset_info` plus class_names,
+  labelled and report (one line saying what was read and reconciled). Raises ImageFolderError naming the file
+  or folder.
+  """
+  path = os.path.expanduser(path)
+  if not os.path.isdir(path):
+    raise ImageFolderError(f'{path} is not a folder' if os.path.exists(path) else f'{path} does not exist')
+  subs = _subfolders(path)
+  if 'train' in subs or 'test' in subs:
+    if not ('train' in subs and 'test' in subs):
+      have, missing = ('train', 'test') if 'train' in subs else ('test', 'train')
+      raise ImageFolderError(f'{path} has {have}/ but no {missing}/: give both, or neither (then '
+                             f'{IMAGE_FOLDER_TEST_FRACTION:.0%} of each class is the test split)')
+    train_files, train_names, classes = _scan_split(os.path.join(path, 'train'))
+    test_files, test_names, test_classes = _scan_split(os.path.join(path, 'test'))
+    if bool(classes) != bool(test_classes):
+      raise ImageFolderError(f'{path}: one of train/ and test/ has class subfolders and the other does not')
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+      raise ImageFolderError(f'{os.path.join(path, "test", unknown[0])}: class {unknown[0]!r} is not in '
+                             f'{os.path.join(path, "train")}')
+    files, names = train_files + test_files, train_names + test_names
+    is_test = np.arange(len(files)) >= len(train_files)
+    how = 'train/ and test/ subfolders'
+  else:
+    files, names, classes = _scan_split(path)
+    is_test = _seeded_split(names, IMAGE_FOLDER_TEST_FRACTION, IMAGE_FOLDER_SPLIT_SEED)
+    if not is_test.any():
+      raise ImageFolderError(f'{path}: no class has 2 images or more, too few for a test split: add images, or '
+                             'give train/ and test/ subfolders')
+    how = f'a seeded {IMAGE_FOLDER_TEST_FRACTION:.0%} of each class as test split'
+  need = len(files) * image_size * image_size * 3
+  available = _memory_available()
+  if need > IMAGE_FOLDER_MAX_MEMORY * available:
+    raise ImageFolderError(
+        f'{path}: {len(files):,} images at {image_size}x{image_size}x3 need {need / 2**30:.1f} GiB in memory, more '
+        f'than {IMAGE_FOLDER_MAX_MEMORY:.0%} of the {available / 2**30:.1f} GiB available: use a smaller '
+        'data.image_size or fewer images, or stream them (tfds\'s ImageFolder builder; docs/cluster_and_own_data.md)')
+  images, sizes, converted = _read_images(files, image_size)
+  labels = np.array([classes.index(n) if n else -1 for n in names], np.int32)
+  data = {'train': {'images': images[~is_test], 'labels': labels[~is_test]},
+          'test': {'images': images[is_test], 'labels': labels[is_test]}}
+  mean, std = _channel_stats(data['train']['images'])
+  widths, heights = [s[0] for s in sizes], [s[1] for s in sizes]
+  reconciled = []
+  if len(set(sizes)) > 1 or sizes[0] != (image_size, image_size):
+    reconciled.append(f'sizes {min(widths)}-{max(widths)} x {min(heights)}-{max(heights)} px resized to '
+                      f'{image_size}x{image_size} (shorter side, centre crop)')
+  if converted:
+    reconciled.append(f'{converted} grayscale image{"s" if converted > 1 else ""} made RGB')
+  labelled = bool(classes)
+  report = (f'{path}: {int((~is_test).sum())} train / {int(is_test.sum())} test images, '
+            f'{images.shape[-1]} channel{"s" if images.shape[-1] > 1 else ""}, '
+            + (f'{len(classes)} classes ({", ".join(classes[:5])}{", ..." if len(classes) > 5 else ""})'
+               if labelled else 'unlabelled (no class subfolders): the linear probe and kNN are skipped')
+            + f'; {how}' + ''.join(f'; {r}' for r in reconciled))
+  info = dict(num_classes=max(1, len(classes)), image_shape=(image_size, image_size, images.shape[-1]),
+              num_train=int((~is_test).sum()), num_test=int(is_test.sum()), mean=mean, std=std,
+              class_names=list(classes), labelled=labelled, report=report)
+  return data, info
 
 
 class InMemorySource:

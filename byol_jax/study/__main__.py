@@ -43,6 +43,10 @@ for a weight decay x EMA rate grid of linear-predictor rows DIR/phase_diagram.pn
 Means are over the finished seeds of a row; std is the sample standard deviation (ddof=1) over seeds,
 null with one seed. Collapse indicators and the collapse rule: collapse.py.
 
+`--launcher=slurm` submits the pending runs to a SLURM cluster instead, one job-array task per run, through
+submitit; `--no_wait` returns once they are submitted, and the same command collects later (byol_jax/study/slurm.py
+has the flags, resubmission and multi-node jobs; docs/cluster_and_own_data.md the commands).
+
 A bad study config (an unknown switch, a row whose run config fails byol_jax.config.validate, seeds < 1, a
 --rows name not in rows, a paper entry, reference or pair naming no row) stops before any run with one line
 naming it, exit 2.
@@ -70,7 +74,23 @@ def main(argv):
     if FLAGS.parallel > 1:  # one JAX device per process: the runs' configs say so (repeat --parallel to resume)
       FLAGS.config.base.train.cpu_devices = 1
     config_lib.set_cpu_devices(FLAGS.config.base)  # before JAX starts
-    if FLAGS.parallel > 1:
+    if FLAGS.coordinator_address:  # a process of a multi-node SLURM job (slurm.py): byol_jax.main's flags
+      import jax
+      jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    if FLAGS.launcher == 'slurm':
+      from byol_jax.study import slurm  # submitit is imported only here
+      if FLAGS.parallel > 1:
+        raise StudyError('--parallel is for --launcher=local; with SLURM each run is a job of its own')
+      opts = slurm.Options(
+          partition=FLAGS.slurm_partition, gpus=FLAGS.slurm_gpus, cpus=FLAGS.slurm_cpus, nodes=FLAGS.slurm_nodes,
+          tasks_per_node=FLAGS.slurm_tasks_per_node, time=FLAGS.slurm_time, mem=FLAGS.slurm_mem,
+          args=tuple(a for a in FLAGS.slurm_args if a), max_retries=FLAGS.slurm_max_retries, poll=FLAGS.slurm_poll)
+      outcome = slurm.run_slurm(FLAGS.config, FLAGS.workdir, sys.argv[1:], opts, FLAGS.rows, reuse, FLAGS.record,
+                                wait=not FLAGS.no_wait)
+    elif FLAGS.no_wait:
+      raise StudyError('--no_wait is for --launcher=slurm (a local study runs in this process)')
+    elif FLAGS.parallel > 1:
       outcome = run_parallel(FLAGS.config, FLAGS.workdir, FLAGS.parallel, sys.argv, FLAGS.rows, reuse,
                              record=FLAGS.record)
     else:
@@ -86,6 +106,10 @@ def main(argv):
   if outcome['preempted']:
     print(f'study stopped by SIGTERM; run the same command to resume ({FLAGS.workdir})', flush=True)
     sys.exit(0)
+  if outcome.get('waiting'):
+    print(f'{outcome["waiting"]} runs in SLURM; run the same command again to collect them ({FLAGS.workdir})',
+          flush=True)
+    return
   print(f'results: {os.path.join(FLAGS.workdir, "results.md")} (and results.json, results.png)', flush=True)
 
 
@@ -102,5 +126,24 @@ if __name__ == '__main__':
   flags.DEFINE_list('runs', [], 'row:seed pairs to run (what --parallel gives each worker).')
   flags.DEFINE_string('record', '', 'A study record (finished runs without checkpoints, e.g. committed to git): '
                       'its runs are copied in instead of trained, and each run finished here is added to it.')
+  flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'local: runs here (one after another, or '
+                    '--parallel); slurm: each pending run is a task of a SLURM job array (byol_jax/study/slurm.py).')
+  flags.DEFINE_bool('no_wait', False, 'slurm: return once the jobs are submitted; the same command collects later.')
+  flags.DEFINE_string('slurm_partition', '', 'slurm: partition (default: the cluster\'s default partition).')
+  flags.DEFINE_integer('slurm_gpus', 0, 'slurm: GPUs per node of each job.')
+  flags.DEFINE_integer('slurm_cpus', 0, 'slurm: CPUs per task (0: SLURM\'s default).')
+  flags.DEFINE_integer('slurm_nodes', 1, 'slurm: nodes per job (> 1: one multi-host run over them).')
+  flags.DEFINE_integer('slurm_tasks_per_node', 1, 'slurm: processes per node (1: one process sees every GPU).')
+  flags.DEFINE_integer('slurm_time', 240, 'slurm: time limit of a job in minutes (a run past it is requeued and '
+                       'resumes from its checkpoint).')
+  flags.DEFINE_string('slurm_mem', '', 'slurm: memory per node, e.g. 32G (default: SLURM\'s).')
+  flags.DEFINE_list('slurm_args', [], 'slurm: more sbatch options as key=value or key, e.g. qos=high,account=lab.')
+  flags.DEFINE_integer('slurm_max_retries', 3, 'slurm: times a run whose job ended unfinished (preempted, '
+                       'cancelled, failed, timed out) is submitted again.')
+  flags.DEFINE_float('slurm_poll', 15.0, 'slurm: seconds between looks at the queue while waiting.')
+  flags.DEFINE_string('coordinator_address', None, 'Multi-host (set by --launcher=slurm for multi-node jobs): '
+                      'host:port of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

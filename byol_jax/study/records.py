@@ -36,6 +36,8 @@ def run_identity(held: dict) -> dict:
     if isinstance(node, dict):
       node.setdefault(leaf, value)
   for key in EXECUTION_KEYS:
+    if key == 'data.path' and (ident.get('data') or {}).get('name') == 'image_folder':
+      continue  # there the folder is the dataset itself, not where a known dataset lies
     *path, leaf = key.split('.')
     node = ident
     for part in path:

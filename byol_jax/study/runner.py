@@ -126,6 +126,8 @@ def _run_line(label, s, seconds) -> str:
   verdict = collapse.collapse_verdict(s)[1]
   init = s.get('initial_linear_probe_top1')
   init = f' (step 0: {init:.3f})' if init is not None else ''
+  if s['final_linear_probe_top1'] is None:  # unlabelled data (image_folder without class folders): no probes
+    return f'{label}: no probes (unlabelled data); {verdict} ({_duration(seconds)})'
   return (f'{label}: linear probe {s["final_linear_probe_top1"]:.4f}{init}, kNN {s["final_knn_top1"]:.4f}; '
           f'{verdict} ({_duration(seconds)})')
 
