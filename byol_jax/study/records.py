@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 
 from byol_jax.study.plan import StudyError
 
@@ -111,7 +112,6 @@ RECORD_SKIP = ('checkpoints', 'tensorboard')  # what a record leaves out: large,
 
 def _copy_run(source: str, dest: str) -> None:
   """Copies a finished run folder without RECORD_SKIP, atomically (a temporary folder, then a rename)."""
-  import shutil
   tmp = f'{dest}.tmp{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   shutil.copytree(os.path.realpath(source), tmp, ignore=lambda d, names: [n for n in names if n in RECORD_SKIP])
