@@ -13,9 +13,8 @@ import time
 import chex
 import pytest
 
-from byol_jax import config as config_lib
-from byol_jax.config import load_config_module
 from byol_jax.study import runner, slurm
+from study_helpers import tiny_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = os.environ.get('BYOL_JAX_REQUIRE_SLURM') == '1' or os.environ.get('CI', '').lower() in ('1', 'true')
@@ -44,14 +43,6 @@ def cluster():
     if REQUIRED:
       pytest.fail(f'{reason}; CI needs it (.ci/run starts it with scripts/slurm_local.sh)')
     pytest.skip(reason)
-
-
-def tiny_study(**overrides):
-  c = load_config_module(os.path.join(ROOT, 'configs', 'study', 'x.py'), 'tiny.py').get_config()
-  with c.unlocked():
-    for key, value in overrides.items():
-      config_lib.override(c, {key: value})
-  return c
 
 
 def study_cli(workdir, *args, env=None):

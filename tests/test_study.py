@@ -18,17 +18,10 @@ from byol_jax.study import collapse, plan as plan_lib, records, results, runner
 from byol_jax import config as config_lib, switches
 from byol_jax.config import load_config_module
 from byol_jax.logging_utils import read_metrics
+from study_helpers import tiny_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STL10 = load_config_module(os.path.join(ROOT, 'configs', 'x.py'), 'stl10.py')
-
-
-def tiny_study(**overrides):
-  c = load_config_module(os.path.join(ROOT, 'configs', 'study', 'x.py'), 'tiny.py').get_config()
-  with c.unlocked():
-    for key, value in overrides.items():
-      config_lib.override(c, {key: value})
-  return c
 
 
 def study_cli(workdir, *args):
