@@ -170,6 +170,42 @@ def test_native_convolution_routing_and_threads():
       del os.environ['BYOL_JAX_NATIVE_THREADS']
 
 
+def test_native_kernel_builds_are_cached_per_cpu(tmp_path, monkeypatch):
+  """`-march=native` compiles for this CPU, so the build cache (which a cluster's shared home directory may hold
+  for many machines) keys on the CPU: the same CPU reuses its library, another CPU gets its own build."""
+  import subprocess
+  import types
+  from byol_jax.models.native import kernels
+  monkeypatch.setenv('BYOL_JAX_CACHE', str(tmp_path))
+  builds = []
+
+  def fake_run(cmd, **kwargs):  # the compiler: its version, and a stand-in library for a build
+    if '-o' in cmd:
+      builds.append(cmd)
+      open(cmd[cmd.index('-o') + 1], 'wb').close()
+    return types.SimpleNamespace(stdout='c++ 1.0')
+
+  monkeypatch.setattr(subprocess, 'run', fake_run)
+  monkeypatch.setattr(kernels, '_cpu_signature', lambda: 'flags : sse avx avx2')
+  avx2 = kernels._build('c++')
+  assert kernels._build('c++') == avx2 and len(builds) == 1
+  monkeypatch.setattr(kernels, '_cpu_signature', lambda: 'flags : sse avx avx2 avx512f')
+  avx512 = kernels._build('c++')
+  assert avx512 != avx2 and len(builds) == 2
+
+
+def test_auto_convolution_uses_the_kernels_only_where_the_cpu_holds_their_vectors(monkeypatch):
+  """conv_impl='auto' on a CPU: the compiled kernels with AVX2 (or AVX-512), 'matmul_small' without (their
+  16-float vectors would live in memory there)."""
+  from byol_jax.models import resnet
+  monkeypatch.setattr(resnet.kernels, 'available', lambda: True)
+  monkeypatch.setattr(resnet, 'cpu_has_avx2', lambda: True)
+  assert resnet.resolve_conv_impl('auto') == 'native'
+  monkeypatch.setattr(resnet, 'cpu_has_avx2', lambda: False)
+  assert resnet.resolve_conv_impl('auto') == 'matmul_small'
+  assert resnet.resolve_conv_impl('xla') == 'xla'
+
+
 def test_cpu_convolution_routes_small_convolutions_around_xla():
   """The point of models/native/conv.py: of a 3x3 convolution over a 2x2 input, only the kernel gradient is left to XLA
   as a convolution (the forward and the input gradient, which XLA would swap, are products on patches)."""
@@ -185,7 +221,7 @@ def test_cpu_convolution_routes_small_convolutions_around_xla():
 
 
 def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
-  """conv_impl='native' (what 'auto' picks on CPUs) and 'matmul_small' against 'xla': the ResNet-18 layout at
+  """conv_impl='native' (what 'auto' picks on CPUs with AVX2) and 'matmul_small' (on others) against 'xla': the ResNet-18 layout at
   32 px, down to 2x2 maps in the last stage, gives the same features and parameter gradients."""
   from byol_jax.models.resnet import ResNet
   x = jax.random.uniform(jax.random.PRNGKey(3), (4, 32, 32, 1))

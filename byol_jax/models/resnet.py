@@ -23,6 +23,7 @@ from flax import nnx
 from byol_jax.choices import CONV_IMPLS, MAX_POOL_IMPLS, STEMS
 from byol_jax.models.native import conv as cpu_conv
 from byol_jax.models.native import kernels
+from byol_jax.models.native import cpu_has_avx2
 from byol_jax.models.norm import ViewBatchNorm
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).
@@ -44,11 +45,12 @@ CONV_FUNCTIONS = {'xla': jax.lax.conv_general_dilated, 'matmul_small': cpu_conv.
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
-  """'auto': on CPUs 'native' where its kernel builds (else 'matmul_small'), XLA's convolutions elsewhere."""
+  """'auto': on CPUs with AVX2 'native' where its kernels build, on other CPUs 'matmul_small', XLA's
+  convolutions elsewhere (docs/cpu_kernels.md "Build")."""
   if conv_impl == 'auto':
     if jax.default_backend() != 'cpu':
       return 'xla'
-    return 'native' if kernels.available() else 'matmul_small'
+    return 'native' if cpu_has_avx2() and kernels.available() else 'matmul_small'
   return conv_impl
 
 

@@ -11,3 +11,13 @@ import os
 def cpu_cores() -> int:
   """The cores this process may run on (the affinity mask where the OS has one; macOS has not)."""
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
+def cpu_has_avx2() -> bool:
+  """Whether the CPU has AVX2 (Linux's /proc/cpuinfo flags; False where there are none, e.g. macOS). The compiled
+  kernels hold 16-float vectors in registers with AVX2 or AVX-512; narrower vector units would spill them."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return any(line.startswith('flags') and ' avx2' in line for line in f)
+  except OSError:
+    return False

@@ -16,11 +16,37 @@ namespace byol_jax_native {
 
 namespace ffi = xla::ffi;
 
-// 16 floats: one zmm register with AVX-512, two ymm registers with AVX2 (GCC's generic vectors).
+// 16 floats: one zmm register with AVX-512; without it, two 8-float vectors (two ymm registers with AVX2).
+// GCC keeps a generic vector wider than the hardware's in memory (stack traffic and memcpy calls on every
+// multiply-add), so the narrower case is a pair of vectors it can hold in registers.
+#if defined(__AVX512F__)
 typedef float v16 __attribute__((vector_size(64)));
 
 inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+#else
+typedef float v8 __attribute__((vector_size(32)));
+struct v16 {
+  v8 lo, hi;
+};
+
+inline v16 operator*(float s, const v16& a) { return {s * a.lo, s * a.hi}; }
+inline v16& operator+=(v16& a, const v16& b) {
+  a.lo += b.lo;
+  a.hi += b.hi;
+  return a;
+}
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v.lo, p, sizeof(v8));
+  std::memcpy(&v.hi, p + 8, sizeof(v8));
+  return v;
+}
+inline void store(float* p, const v16& v) {
+  std::memcpy(p, &v.lo, sizeof(v8));
+  std::memcpy(p + 8, &v.hi, sizeof(v8));
+}
+#endif
 
 // Calls fn(0) ... fn(total - 1), on the intra-op thread pool's threads and the calling thread. The caller
 // takes items too and waits only for items already taken, so it never waits on a task that has not started

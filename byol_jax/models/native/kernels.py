@@ -4,7 +4,7 @@
 (conv_wgrad.cc); `conv(x, w, strides, pads)`: the convolution itself (conv_fwd.cc); common.h holds their
 vectors and thread-pool loop. They are compiled once per machine with the system's C++ compiler
 (`-O3 -march=native`, so AVX2 or AVX-512 as the CPU has) into `$BYOL_JAX_CACHE` (default
-`~/.cache/byol_jax/native/<hash of sources, flags, compiler and jax>/`), written atomically, and
+`~/.cache/byol_jax/native/<hash of sources, flags, compiler, jax and the CPU>/`), written atomically, and
 registered with XLA for the CPU platform. `available()` is False, with one warning saying why, when there
 is no compiler or the build fails; callers then keep XLA's own computation. `BYOL_JAX_NATIVE=0` turns it
 off.
@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -43,10 +44,21 @@ def _cache_dir() -> str:
   return os.path.join(root, 'native')
 
 
+def _cpu_signature() -> str:
+  """What `-march=native` compiles for: the CPU's model and flags, so a cache shared between machines (a home
+  directory on a cluster) never hands one CPU a library built for another's instruction set."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = [line.strip() for line in f if line.startswith(('model name', 'flags', 'Features', 'CPU part'))]
+    return '\n'.join(dict.fromkeys(lines))
+  except OSError:
+    return platform.processor() or platform.machine()
+
+
 def _build(compiler: str) -> str:
   """The path of the compiled library (built now if this source, compiler and jaxlib have none yet)."""
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=True).stdout
-  key = hashlib.sha256(repr((FLAGS, version, jax.__version__)).encode())
+  key = hashlib.sha256(repr((FLAGS, version, jax.__version__, _cpu_signature())).encode())
   for source in SOURCES + HEADERS:
     with open(source, 'rb') as f:
       key.update(f.read())
