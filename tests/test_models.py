@@ -186,10 +186,10 @@ def test_native_kernel_builds_are_cached_per_cpu(tmp_path, monkeypatch):
     return types.SimpleNamespace(stdout='c++ 1.0')
 
   monkeypatch.setattr(subprocess, 'run', fake_run)
-  monkeypatch.setattr(kernels, '_cpu_signature', lambda: 'flags : sse avx avx2')
+  monkeypatch.setattr(kernels, 'cpu_description', lambda: 'flags : sse avx avx2')
   avx2 = kernels._build('c++')
   assert kernels._build('c++') == avx2 and len(builds) == 1
-  monkeypatch.setattr(kernels, '_cpu_signature', lambda: 'flags : sse avx avx2 avx512f')
+  monkeypatch.setattr(kernels, 'cpu_description', lambda: 'flags : sse avx avx2 avx512f')
   avx512 = kernels._build('c++')
   assert avx512 != avx2 and len(builds) == 2
 
@@ -221,8 +221,8 @@ def test_cpu_convolution_routes_small_convolutions_around_xla():
 
 
 def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
-  """conv_impl='native' (what 'auto' picks on CPUs with AVX2) and 'matmul_small' (on others) against 'xla': the ResNet-18 layout at
-  32 px, down to 2x2 maps in the last stage, gives the same features and parameter gradients."""
+  """conv_impl='native' (what 'auto' picks on CPUs with AVX2) and 'matmul_small' (on others) against 'xla': the
+  ResNet-18 layout at 32 px, down to 2x2 maps in the last stage, gives the same features and parameter gradients."""
   from byol_jax.models.resnet import ResNet
   x = jax.random.uniform(jax.random.PRNGKey(3), (4, 32, 32, 1))
 

@@ -21,9 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from byol_jax.choices import CONV_IMPLS, MAX_POOL_IMPLS, STEMS
-from byol_jax.models.native import conv as cpu_conv
-from byol_jax.models.native import kernels
-from byol_jax.models.native import cpu_has_avx2
+from byol_jax.models.native import conv as cpu_conv, cpu_has_avx2, kernels
 from byol_jax.models.norm import ViewBatchNorm
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax.models.native import cpu_cores
+from byol_jax.models.native import cpu_cores, cpu_description
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ('conv_wgrad.cc', 'conv_fwd.cc'))
@@ -44,21 +44,10 @@ def _cache_dir() -> str:
   return os.path.join(root, 'native')
 
 
-def _cpu_signature() -> str:
-  """What `-march=native` compiles for: the CPU's model and flags, so a cache shared between machines (a home
-  directory on a cluster) never hands one CPU a library built for another's instruction set."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      lines = [line.strip() for line in f if line.startswith(('model name', 'flags', 'Features', 'CPU part'))]
-    return '\n'.join(dict.fromkeys(lines))
-  except OSError:
-    return platform.processor() or platform.machine()
-
-
 def _build(compiler: str) -> str:
   """The path of the compiled library (built now if this source, compiler and jaxlib have none yet)."""
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=True).stdout
-  key = hashlib.sha256(repr((FLAGS, version, jax.__version__, _cpu_signature())).encode())
+  key = hashlib.sha256(repr((FLAGS, version, jax.__version__, cpu_description() or platform.machine())).encode())
   for source in SOURCES + HEADERS:
     with open(source, 'rb') as f:
       key.update(f.read())
