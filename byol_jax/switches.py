@@ -13,6 +13,7 @@ right:
   cumulative    F = running mean over all steps                 alphap<x>  predictor lr multiplier (Fig. 6)
   centre        DirectPred on the covariance of f               seed<n>    the seed
   epochs<n>     n epochs (what an epoch is, the caller decides: `apply_ablations`, or a study's n/100 of its base)
+  lr<x>         learning rate x (trunk; the predictor's is alphap times it)
 Imports nothing but the standard library, so loading a config stays free of JAX.
 """
 
@@ -73,6 +74,8 @@ def apply_switches(c, arg):
     elif t.startswith('tau'):
       c.ema.tau_base = _number(t, 'tau')
       c.ema.schedule = 'constant'
+    elif t.startswith('lr'):
+      c.optim.lr = _number(t, 'lr')
     elif t.startswith('epochs'):
       epochs = int(_number(t, 'epochs'))
     elif t.startswith('seed'):

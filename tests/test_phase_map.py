@@ -1,4 +1,5 @@
-"""The weight decay x EMA rate phase diagram a study writes beside its results (byol_jax/study/phase_map.py).
+"""The weight decay x EMA rate phase diagram (byol_jax/study/phase_map.py) and the lr sweep (lr_sweep.py) a study
+writes beside its results.
 
 Fake run folders (a summary.json per run, no training): a 2x2 grid of symmetric linear predictor rows with
 one cell not run, and the tiny study's mlp / none rows, which form no grid."""
@@ -7,7 +8,7 @@ import os
 
 import pytest
 
-from byol_jax.study import phase_map, plan as plan_lib, records, results
+from byol_jax.study import lr_sweep, phase_map, plan as plan_lib, records, results
 from byol_jax import config as config_lib
 from byol_jax.config import load_config_module
 
@@ -103,3 +104,50 @@ def test_grid_detection_needs_a_full_grid_of_linear_predictor_runs(rows):
   grid = phase_map.grid_from_results(results.collect(full, '/nonexistent'), configs)
   assert grid['wds'] == [0.0, 0.04] and grid['taus'] == [0.0, 0.99]
   assert grid['t_end']['paper'] == pytest.approx(40.0)
+
+
+# ----------------------------------------------------------------------------------- byol_jax/study/lr_sweep.py
+def sweep_rows():
+  return load_config_module(os.path.join(ROOT, 'configs', 'study', 'x.py'), 'lr_sweep.py').rows(LR, 0.987)
+
+
+def test_lr_sweep_study_writes_the_real_network_beside_both_maps(tmp_path):
+  workdir = str(tmp_path)
+  rows = sweep_rows()
+  for row in rows:  # fake outcome: wd / lr 0.4 collapses at every lr, 0.1 spreads
+    fake_run(workdir, row, 0.02 if row.startswith('eta0p4') else 0.6, 1.1 if row.startswith('eta0p4') else 20.0)
+  study = fake_study(rows)
+  results.write_results(study, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'phase_diagram.json'))  # three lrs: no single-lr grid
+  assert os.path.getsize(os.path.join(workdir, 'lr_sweep.png')) > 20_000
+  out = json.load(open(os.path.join(workdir, 'lr_sweep.json')))
+  momentum = study.base.optim.momentum
+  assert out['maps']['paper']['t_end'] == pytest.approx(LR * STEPS)
+  assert out['maps']['sgd']['t_end'] == pytest.approx(LR * STEPS / (1 - momentum))
+  assert out['beta_paper_map'] == pytest.approx(0.13)
+  by_row = {r['row']: r for r in out['rows']}
+  assert set(by_row) == set(rows)
+  for r in by_row.values():
+    paper, sgd = r['theory']['paper'], r['theory']['sgd']
+    assert r['lr'] * r['steps'] == pytest.approx(LR * STEPS) and (1 - r['tau']) / r['lr'] == pytest.approx(0.13)
+    assert paper['eta'] == pytest.approx(r['eta']) and sgd['eta'] == pytest.approx(r['wd'])
+    # Under the paper's map a line of fixed wd / lr is one theory point: one verdict, collapsed beyond eta_c.
+    assert paper['collapsed'] == (r['eta'] > 0.25), r
+    # Under the optimizer's map eta = wd (0.005-0.08, below eta_c); the slow beta = (1 - tau)(1 - m) / lr
+    # widens the collapse basin (Obs#10) enough to take wd 0.08 only.
+    assert sgd['collapsed'] == (r['wd'] > 0.05), r
+  assert by_row['eta0p4_lr0p05']['wd'] == pytest.approx(by_row['eta0p1_lr0p2']['wd'])  # the same wd, both maps apart
+  assert out['agreement'] == {'paper': {'rows_compared': 6, 'rows_agreeing': 6},
+                              'sgd': {'rows_compared': 6, 'rows_agreeing': 4}}
+
+
+@pytest.mark.parametrize('change', [
+    {'eta0p1_lr0p2': 'linear_sym,lr0.2,wd0.02,tau0.99,epochs50'},    # beta differs
+    {'eta0p1_lr0p2': 'linear_sym,lr0.2,wd0.02,tau0.974,epochs100'},  # theory time differs
+    {'eta0p1_lr0p2': 'mlp,lr0.2,wd0.02,tau0.974,epochs50'},          # not a linear predictor
+])
+def test_lr_sweep_detection_needs_the_same_beta_and_theory_time(change):
+  for rows, is_sweep in ((sweep_rows(), True), ({**sweep_rows(), **change}, False), (GRID_ROWS, False)):
+    study = fake_study(rows)
+    configs = {r: records.config_json(plan_lib.run_config(study, r, 0)) for r in rows}
+    assert (lr_sweep.sweep_from_results(results.collect(study, '/nonexistent'), configs) is not None) == is_sweep

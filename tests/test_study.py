@@ -85,6 +85,9 @@ def test_switches_shared_by_stl10_and_studies():
   c = config_lib.base_config()
   switches.apply_switches(c, 'directpred,centre,eps0.3,freq5')
   assert (c.predictor.kind, c.predictor.centre, c.predictor.eps, c.predictor.freq) == ('directpred', True, 0.3, 5)
+  c = config_lib.base_config()
+  switches.apply_switches(c, 'linear_sym,lr0.05,wd0.02,tau0.9935')
+  assert (c.optim.lr, c.optim.weight_decay, c.ema.tau_base) == (0.05, 0.02, 0.9935)
   with pytest.raises(ValueError, match='unknown config argument'):
     switches.apply_switches(config_lib.base_config(), 'mlp,bogus')
   assert STL10.get_config('').train.steps == 100 * 105_000 // 128

@@ -159,7 +159,8 @@ def _solver():
 
 
 @functools.lru_cache(maxsize=8)
-def _s_end(etas: tuple, betas: tuple, t_end: float, alpha_p: float, tau0: float) -> np.ndarray:
+def theory_s_end(etas: tuple, betas: tuple, t_end: float, alpha_p: float, tau0: float) -> np.ndarray:
+  """s_j(t_end) of the theory mode at each (eta, beta), one vmapped integration (read-only, cached)."""
   import jax.numpy as jnp
   from theory import ode
   g = len(etas)
@@ -181,7 +182,7 @@ def theory_map(grid: dict, map_name: str = 'paper') -> dict:
   e, b = np.meshgrid(axes['eta'], axes['beta'])
   etas = np.concatenate([e.ravel(), [p['eta'] for p in points]])
   betas = np.concatenate([b.ravel(), [p['beta'] for p in points]])
-  s = _s_end(tuple(etas.tolist()), tuple(betas.tolist()), float(grid['t_end'][map_name]),
+  s = theory_s_end(tuple(etas.tolist()), tuple(betas.tolist()), float(grid['t_end'][map_name]),
              float(grid['alpha_p']), float(grid['tau0']))
   return {**axes, 's_end': s[:e.size].reshape(e.shape), 'cells': s[e.size:], 'map': map_name}
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from byol_jax.study import collapse, phase_map
+from byol_jax.study import collapse, lr_sweep, phase_map
 from byol_jax.study.plan import comparisons, ordered_keys, run_config
 from byol_jax.study.records import config_json, read_json, run_dir
 
@@ -268,8 +268,9 @@ def results_plot(res: dict, path: str) -> None:
 
 
 def write_results(study, workdir: str) -> dict:
-  """Writes DIR/results.json, results.md, results.png (each atomically), and phase_diagram.png / .json when
-  the rows form a weight decay x EMA rate grid (byol_jax/study/phase_map.py); returns the results."""
+  """Writes DIR/results.json, results.md, results.png (each atomically), phase_diagram.png / .json when
+  the rows form a weight decay x EMA rate grid (byol_jax/study/phase_map.py) and lr_sweep.png / .json when they
+  form an lr sweep at fixed wd / lr (byol_jax/study/lr_sweep.py); returns the results."""
   res = collect(study, workdir)
   os.makedirs(workdir, exist_ok=True)
 
@@ -290,8 +291,9 @@ def write_results(study, workdir: str) -> dict:
   atomic('results.md', md_writer)
   atomic('results.png', lambda p: results_plot(res, p + '.png') or os.replace(p + '.png', p))
   row_configs = {r: config_json(run_config(study, r, 0)) for r in ordered_keys(study.rows)}
-  try:
-    phase_map.write(res, row_configs, atomic)
-  except Exception as e:  # a figure must not stop a study: results.json has the numbers
-    print(f'warning: phase_diagram.png not written: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
+  for name, figure in (('phase_diagram', phase_map), ('lr_sweep', lr_sweep)):
+    try:
+      figure.write(res, row_configs, atomic)
+    except Exception as e:  # a figure must not stop a study: results.json has the numbers
+      print(f'warning: {name}.png not written: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
   return res
