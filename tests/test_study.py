@@ -309,6 +309,7 @@ def test_parallel_study_trains_every_run_once_and_resumes_without_parallel(tmp_p
     time.sleep(0.05)
   text = proc.communicate(timeout=600)[0]
   assert '4 runs in 2 processes' in text, text
+  assert '/16 of the 4 pending | 2 processes' in text, text  # a log line per finished run, in steps (4 per run)
   logs = [open(os.path.join(workdir, f'.worker{i}.log')).read() for i in (0, 1)]
   finished = [p for p in summaries if os.path.exists(p)]
   for p in finished:

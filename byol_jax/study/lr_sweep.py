@@ -125,8 +125,7 @@ def figure(sweep: dict, theories: dict, study: str = ''):
                  c=style['facecolor'], edgecolors=colours[eta], linewidths=1.5)
   ax.axhline(collapse.Z_STD_THRESHOLD, color='tab:red', ls=':', label=f'collapse below {collapse.Z_STD_THRESHOLD}')
   ax.set(xscale='log', xlabel='lr', ylabel='final z_std·√d (mean over seeds)', title='real network (x: collapsed)')
-  for m, th in theories.items():
-    ax = axes[1 + list(theories).index(m)]
+  for ax, (m, th) in zip(axes[1:], theories.items()):
     for eta in sweep['etas']:
       ax.plot(th['lrs'], np.log10(np.maximum(th['curves'][eta], 10.0 ** phase_map.LOG_S_FLOOR)), '-',
               color=colours[eta], label=f'wd / lr = {eta:g}')

@@ -19,6 +19,9 @@ from byol_jax.study.results import write_results
 # ----------------------------------------------------------------------------------------------------
 # Progress
 # ----------------------------------------------------------------------------------------------------
+LOG_EVERY_S = 300  # progress lines in a log (not a terminal): one per finished run and one every 5 minutes
+
+
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   h, rem = divmod(seconds, 3600)
@@ -271,17 +274,24 @@ def run_parallel(study, workdir: str, n: int, argv: list[str], rows_flag: str = 
   t0, total, done_before = time.time(), len(runs), len(runs) - len(pending)
   out.write(f'study {name}: {len(pending)} runs in {n} processes (one per core), {done_before} of {total} already '
             f'finished{f" ({linked} from --reuse / --record)" if linked else ""}; logs: {workdir}/.worker<i>.log\n')
-  tty, shown = out.isatty(), -1
+  # Progress in steps of the pending runs (the workers' metrics.jsonl), so the ETA moves within a run.
+  total_steps = sum(r['config'].train.steps for r in pending)
+  steps_done = lambda: sum(min(_last_step(r['path']), r['config'].train.steps) for r in pending)
+  steps_at_start = steps_done()
+  tty, shown, shown_at = out.isatty(), -1, t0
   try:
     while any(w.poll() is None for w, _, _ in workers):
       time.sleep(2.0)
       finished = sum(os.path.exists(os.path.join(r['path'], 'summary.json')) for r in pending)
-      eta = f' | ETA {_duration((time.time() - t0) / finished * (len(pending) - finished))}' if finished else ''
-      line = f'study {name}: {done_before + finished}/{total} runs done | {n} processes{eta}'
-      if tty or finished != shown:  # a log gets a line per finished run
+      steps, now = steps_done(), time.time()
+      eta = (f' | ETA {_duration((now - t0) / (steps - steps_at_start) * (total_steps - steps))}'
+             if steps > steps_at_start else '')
+      line = (f'study {name}: {done_before + finished}/{total} runs done | step {steps}/{total_steps} of the '
+              f'{len(pending)} pending | {n} processes{eta}')
+      if tty or finished != shown or now - shown_at >= LOG_EVERY_S:  # a log: a line per finished run, and timed
         out.write('\r' + line + '\033[K' if tty else line + '\n')
         out.flush()
-        shown = finished
+        shown, shown_at = finished, now
   finally:
     signal.signal(signal.SIGTERM, previous)
     for _, log, _ in workers:
