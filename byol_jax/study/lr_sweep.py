@@ -58,10 +58,10 @@ def sweep_from_results(res: dict, configs: dict) -> dict | None:
                             for m in phase_map.MAPS},
                  'real_z_std_times_sqrt_d': e['z_std_times_sqrt_d']['mean'], 'real_collapsed': e['collapsed'],
                  'real_state': phase_map.real_state(e), 'real_verdict': e['verdict']})
-  t_paper = float(np.mean(times))
+  t_end = {m: float(np.mean([phase_map.theory_time(s['lr'], s['steps'], momentum, m) for s in settings.values()]))
+           for m in phase_map.MAPS}
   return {'momentum': momentum, 'alpha_p': alpha_p, 'tau0': phase_map.MODE_TAU0[target_init],
-          'beta': float(np.mean(betas)), 'etas': sorted({r['eta'] for r in rows}),
-          't_end': {'paper': t_paper, 'sgd': t_paper / (1.0 - momentum)}, 'rows': rows}
+          'beta': float(np.mean(betas)), 'etas': sorted({r['eta'] for r in rows}), 't_end': t_end, 'rows': rows}
 
 
 def _curve_lrs(sweep: dict) -> np.ndarray:
