@@ -276,7 +276,10 @@ def run_parallel(study, workdir: str, n: int, argv: list[str], rows_flag: str = 
             f'finished{f" ({linked} from --reuse / --record)" if linked else ""}; logs: {workdir}/.worker<i>.log\n')
   # Progress in steps of the pending runs (the workers' metrics.jsonl), so the ETA moves within a run.
   total_steps = sum(r['config'].train.steps for r in pending)
-  steps_done = lambda: sum(min(_last_step(r['path']), r['config'].train.steps) for r in pending)
+
+  def steps_done():
+    return sum(min(_last_step(r['path']), r['config'].train.steps) for r in pending)
+
   steps_at_start = steps_done()
   tty, shown, shown_at = out.isatty(), -1, t0
   try:
