@@ -372,3 +372,14 @@ def test_collapse_rule_flags_no_predictor_and_not_the_two_layer_predictor(tmp_pa
   assert res['mlp']['collapsed'] is False, res['mlp']
   assert res['none']['z_std_times_sqrt_d']['mean'] < collapse.Z_STD_THRESHOLD / 2
   assert res['mlp']['z_std_times_sqrt_d']['mean'] > 4 * collapse.Z_STD_THRESHOLD
+
+
+def test_progress_reads_the_step_of_a_metrics_file_that_ends_in_a_long_evaluation_line(tmp_path):
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.write(json.dumps({'step': 25, 'loss': 0.5}) + '\n')
+    f.write(json.dumps({'step': 50, 'spectrum': list(range(3000))}) + '\n')  # ~15 KB, like an evaluation's line
+  assert runner._last_step(str(tmp_path)) == 50
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 75, "lo')  # a line being written
+  assert runner._last_step(str(tmp_path)) == 50
+  assert runner._last_step(str(tmp_path / 'none')) == 0

@@ -30,15 +30,21 @@ def _duration(seconds: float) -> str:
 
 
 def _last_step(path: str) -> int:
-  """The step of the last line of path/metrics.jsonl (0 if none)."""
+  """The step of the last whole line of path/metrics.jsonl (0 if none). Evaluation lines (spectra) run to several
+  KB, so the tail read is generous and a line cut by it is skipped."""
   try:
     with open(os.path.join(path, 'metrics.jsonl'), 'rb') as f:
       f.seek(0, 2)
-      f.seek(max(0, f.tell() - 4096))
+      f.seek(max(0, f.tell() - 65536))
       lines = f.read().decode(errors='ignore').strip().splitlines()
-    return int(json.loads(lines[-1])['step']) if lines else 0
-  except (OSError, ValueError, KeyError, IndexError):
+  except OSError:
     return 0
+  for line in reversed(lines):
+    try:
+      return int(json.loads(line)['step'])
+    except (ValueError, KeyError, TypeError):
+      continue
+  return 0
 
 
 class Progress:
