@@ -106,6 +106,20 @@ def test_study_rows_in_file_order_and_epochs_scale_the_base_steps():
   assert all(not r['config'].train.progress_bar for r in runs)
 
 
+def test_runs_flag_selects_runs_in_the_order_given_and_refuses_unknown_ones(tmp_path):
+  pairs = plan_lib.parse_runs(['none:1', 'mlp:0', 'none:1'])
+  assert pairs == [('none', 1), ('mlp', 0), ('none', 1)]
+  runs, _ = runner.prepare(tiny_study(), str(tmp_path), only=pairs)
+  assert [(r['row'], r['seed']) for r in runs] == [('none', 1), ('mlp', 0)]  # given order, once each
+  with pytest.raises(plan_lib.StudyError, match="'mlp-1' is not row:seed"):
+    plan_lib.parse_runs(['mlp-1'])
+  with pytest.raises(plan_lib.StudyError, match='mlp:2 not in the study'):
+    runner.prepare(tiny_study(), str(tmp_path), only=[('mlp', 2)])
+  with pytest.raises(plan_lib.StudyError, match='none:0 not in the study'):
+    runner.prepare(tiny_study(), str(tmp_path), rows_flag='mlp', only=[('none', 0)])
+  assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize('overrides, rows, message', [
     ({'seeds': 0}, '', 'seeds=0'),
     ({'rows.none': 'none,bogus'}, '', "row 'none'"),

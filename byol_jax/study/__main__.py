@@ -2,7 +2,7 @@
 
   python -m byol_jax.study --config=configs/study/<name>.py --workdir=DIR [--rows=a,b]
       [--config.seeds=1] [--config.base.train.steps=40] [--config.base.optim.lr=0.05 ...] [--reuse=DIR2,...]
-      [--parallel=2] [--record=RECORD]
+      [--parallel=2] [--record=RECORD] [--runs=row:seed,...]
 
 A study config (configs/study/*.py) holds
   name   the study's name (for the tables);
@@ -35,6 +35,10 @@ throughput of one 2-device process (docs/study.md).
 (config, metrics, summary, plots: commit it). Runs found there are copied in instead of trained, each run that
 finishes here is added to it, and its results are written there too.
 
+`--runs=directpred:4,linear_sym:4,...` trains only those runs, in that order (with --parallel, worker i takes
+every N-th from i): the seeds that matter most first, when a study spans sittings. The results cover every
+finished run of the study.
+
 `--reuse=DIR2,DIR3` links (relative symlink) a run whose config equals a finished run in another study
 folder instead of training it again: studies share rows (table3's `linear` is predictors' `linear`).
 
@@ -57,7 +61,7 @@ import os
 import sys
 
 from byol_jax import config as config_lib
-from byol_jax.study.plan import StudyError
+from byol_jax.study.plan import StudyError, parse_runs
 from byol_jax.study.runner import run_parallel, run_study
 
 
@@ -71,6 +75,7 @@ def main(argv):
   name = os.path.basename(config_flags.get_config_filename(FLAGS['config']))
   try:
     reuse = [d for d in FLAGS.reuse if d]
+    only = parse_runs(FLAGS.runs) if FLAGS.runs else None
     if FLAGS.parallel > 1:  # one JAX device per process: the runs' configs say so (repeat --parallel to resume)
       FLAGS.config.base.train.cpu_devices = 1
     config_lib.set_cpu_devices(FLAGS.config.base)  # before JAX starts
@@ -80,8 +85,8 @@ def main(argv):
                                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     if FLAGS.launcher == 'slurm':
       from byol_jax.study import slurm  # submitit is imported only here
-      if FLAGS.parallel > 1:
-        raise StudyError('--parallel is for --launcher=local; with SLURM each run is a job of its own')
+      if FLAGS.parallel > 1 or only:
+        raise StudyError('--parallel and --runs are for --launcher=local; with SLURM each run is a job of its own')
       opts = slurm.Options(
           partition=FLAGS.slurm_partition, gpus=FLAGS.slurm_gpus, cpus=FLAGS.slurm_cpus, nodes=FLAGS.slurm_nodes,
           tasks_per_node=FLAGS.slurm_tasks_per_node, time=FLAGS.slurm_time, mem=FLAGS.slurm_mem,
@@ -92,11 +97,8 @@ def main(argv):
       raise StudyError('--no_wait is for --launcher=slurm (a local study runs in this process)')
     elif FLAGS.parallel > 1:
       outcome = run_parallel(FLAGS.config, FLAGS.workdir, FLAGS.parallel, sys.argv, FLAGS.rows, reuse,
-                             record=FLAGS.record)
+                             record=FLAGS.record, only=only)
     else:
-      only = None
-      if FLAGS.runs:
-        only = {(r.rsplit(':', 1)[0], int(r.rsplit(':', 1)[1])) for r in FLAGS.runs}
       outcome = run_study(FLAGS.config, FLAGS.workdir, FLAGS.rows, reuse_dirs=reuse, only=only, record=FLAGS.record)
   except (StudyError, config_lib.ConfigError, FileNotFoundError) as e:
     print(f'error: study {name}: {e}', file=sys.stderr)
@@ -123,7 +125,8 @@ if __name__ == '__main__':
                     'this study\'s runs is linked (symlink) instead of trained again.')
   flags.DEFINE_integer('parallel', 1, 'Runs trained at a time, each in its own process pinned to one CPU core '
                        'with one JAX device (sets base.train.cpu_devices=1, part of every run\'s config).')
-  flags.DEFINE_list('runs', [], 'row:seed pairs to run (what --parallel gives each worker).')
+  flags.DEFINE_list('runs', [], 'Only these row:seed runs, in this order (e.g. directpred:4,linear_sym:4): the '
+                    'seeds to add first when a study cannot finish in one sitting.')
   flags.DEFINE_string('record', '', 'A study record (finished runs without checkpoints, e.g. committed to git): '
                       'its runs are copied in instead of trained, and each run finished here is added to it.')
   flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'local: runs here (one after another, or '

@@ -96,3 +96,23 @@ def plan(study, rows_flag: str = '', num_devices: int | None = None) -> list[dic
       runs.append({'row': r, 'seed': k, 'config': c})
   runs.sort(key=lambda x: (x['seed'], selected.index(x['row'])))
   return runs
+
+
+def parse_runs(items) -> list[tuple[str, int]]:
+  """--runs's 'row:seed' items as [(row, seed)] in the order given. Raises StudyError for a malformed item."""
+  pairs = []
+  for item in items:
+    row, _, seed = item.strip().rpartition(':')
+    if not row or not seed.isdigit():
+      raise StudyError(f'--runs: {item!r} is not row:seed (e.g. directpred:4)')
+    pairs.append((row, int(seed)))
+  return pairs
+
+
+def select_runs(runs: list[dict], pairs) -> list[dict]:
+  """The runs named by pairs [(row, seed)], in that order. Raises StudyError for a pair the plan lacks."""
+  by_key = {(r['row'], r['seed']): r for r in runs}
+  missing = [f'{row}:{seed}' for row, seed in pairs if (row, seed) not in by_key]
+  if missing:
+    raise StudyError(f'--runs: {", ".join(missing)} not in the study (check the row names, --rows and seeds)')
+  return [by_key[p] for p in dict.fromkeys(pairs)]

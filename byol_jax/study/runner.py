@@ -11,7 +11,7 @@ import threading
 import time
 
 from byol_jax.study import collapse
-from byol_jax.study.plan import plan
+from byol_jax.study.plan import plan, select_runs
 from byol_jax.study.records import export_run, find_reusable, import_record, link_run, run_dir, run_status
 from byol_jax.study.results import write_results
 
@@ -143,12 +143,13 @@ def _run_line(label, s, seconds) -> str:
 
 def prepare(study, workdir: str, rows_flag: str = '', reuse_dirs=(), only=None, link=True, record=''):
   """The selected runs with their folder and status (plan + run_status), finished ones of --record copied in
-  and of --reuse linked (when link). only: a set of (row, seed) to keep (a --parallel worker's share).
+  and of --reuse linked (when link). only: the [(row, seed)] to keep, in that order (--runs, or a --parallel
+  worker's share).
   Returns (runs, linked + copied from the record)."""
   import jax
   runs = plan(study, rows_flag, study.base.train.num_devices or jax.device_count())
   if only is not None:
-    runs = [r for r in runs if (r['row'], r['seed']) in only]
+    runs = select_runs(runs, only)
   linked = 0
   for r in runs:
     r['path'] = run_dir(workdir, r['row'], r['seed'])
@@ -245,15 +246,15 @@ def forwarded_args(argv: list[str]) -> list[str]:
 
 
 def run_parallel(study, workdir: str, n: int, argv: list[str], rows_flag: str = '', reuse_dirs=(),
-                 out=None, record='') -> dict:
+                 out=None, record='', only=None) -> dict:
   """Trains the pending runs n at a time: n worker processes (`python -m byol_jax.study ... --runs=...`), worker
   i pinned to CPU core i with one JAX device (study.base.train.cpu_devices must already be 1), each given every
-  n-th pending run in plan order. Their output goes to DIR/.worker<i>.log; this process draws one progress
+  n-th pending run in plan order (or in the order of only, --runs's [(row, seed)]). Their output goes to DIR/.worker<i>.log; this process draws one progress
   line and writes the results when all have ended. SIGTERM is passed on (each worker stops after its run's
   checkpoint). Returns run_study's dict."""
   import subprocess
   out = out or sys.stdout
-  runs, linked = prepare(study, workdir, rows_flag, reuse_dirs, record=record)
+  runs, linked = prepare(study, workdir, rows_flag, reuse_dirs, only, record=record)
   pending = [r for r in runs if r['status'] not in ('done', 'diverged')]
   name = study.get('name', '') or 'study'
   if not pending:
