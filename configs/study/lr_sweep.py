@@ -4,13 +4,14 @@ paper's map of its ODEs to training from the optimizer's (paper Sec. 4, Obs#5; b
 Command:  python -m byol_jax.study --config=configs/study/lr_sweep.py --workdir=runs/study/lr_sweep --parallel=2
 GPU:      --config=configs/study/lr_sweep.py:stl10 (or :cifar10): the same sweep around that recipe's lr.
 
-Symmetric linear predictor, 1 seed. lr in {1/2, 1, 2} x the base's lr, and at each lr: weight decay wd = eta * lr
-(trunk and predictor), EMA rate tau = 1 - beta * lr with the base's beta, and steps = the base's STEPS * (base lr
-/ lr), so every row reaches the same theory time. Rows `eta<eta>_lr<lr>`. At the paper-regime base (lr 0.1, beta
+Symmetric linear predictor, 1 seed (`--config.seeds=3 --runs=<row>:1,<row>:2` adds seeds to a row). lr in {1/2,
+1, 2} x the base's lr, and at each lr: weight decay wd = eta * lr (trunk and predictor), EMA rate tau = 1 - beta *
+lr with the base's beta, and steps = the base's STEPS * (base lr / lr), so every row reaches the same theory time. Rows `eta<eta>_lr<lr>`. At the paper-regime base (lr 0.1, beta
 0.13, 1000 steps at lr 0.1, t = lr * steps = 100):
 
   | eta = wd / lr | lr 0.05 (2000 steps)        | lr 0.1 (1000 steps)         | lr 0.2 (500 steps)          |
   |---------------|-----------------------------|-----------------------------|-----------------------------|
+  | 0             | wd 0, tau 0.9935            | wd 0, tau 0.987             | wd 0, tau 0.974             |
   | 0.1           | wd 0.005, tau 0.9935        | wd 0.01, tau 0.987          | wd 0.02, tau 0.974          |
   | 0.4           | wd 0.02, tau 0.9935         | wd 0.04, tau 0.987          | wd 0.08, tau 0.974          |
 
@@ -20,6 +21,8 @@ every mode collapses, Obs#5), computed by the study into lr_sweep.json:
          and eta 0.4 collapses (s_j ~1e-34) at every lr; wd 0.02 survives at lr 0.2 and collapses at lr 0.05.
   sgd    eta = wd, beta = (1 - tau)(1 - m) / lr = 0.013, t 1000: wd 0.005-0.04 survive (s_j 0.91-0.99), wd 0.08
          collapses (the slow beta widens the basin below eta_c, Obs#10). wd 0.02 gives one verdict at both lrs.
+  both   eta 0 (no weight decay): every mode survives at every lr. The control: a collapse on this line is the
+         step size's own (the discrete update), which neither map holds.
 So the two maps part at eta0p4_lr0p05 (wd 0.02) and eta0p4_lr0p1 (wd 0.04): collapsed under the paper's map,
 spread under the optimizer's.
 The phase diagram at lr 0.1 (docs/study.md, the 400-step short-run base) collapsed completely at wd 4e-2 (paper's eta 0.4) and agreed with the
@@ -30,7 +33,7 @@ from byol_jax.config import load_config_module
 
 STEPS = 1000        # at the base's lr; past the norm transient for both etas (weight decay exposure >= 5 at lr 0.05)
 LR_FACTORS = (0.5, 1.0, 2.0)
-ETAS = (0.1, 0.4)   # either side of eta_c = 1/4 under the paper's map; both below it under the optimizer's
+ETAS = (0.0, 0.1, 0.4)  # no weight decay (the control), then either side of eta_c = 1/4 under the paper's map
 
 
 def _name(x: float) -> str:
