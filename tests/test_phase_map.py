@@ -4,6 +4,7 @@ writes beside its results.
 Fake run folders (a summary.json per run, no training): a 2x2 grid of symmetric linear predictor rows with
 one cell not run, and the tiny study's mlp / none rows, which form no grid."""
 import json
+import math
 import os
 
 import pytest
@@ -139,8 +140,26 @@ def test_lr_sweep_study_writes_the_real_network_beside_both_maps(tmp_path):
   assert by_row['eta0p4_lr0p05']['wd'] == pytest.approx(by_row['eta0p1_lr0p2']['wd'])  # the same wd, both maps apart
   assert not any(by_row[f'eta0_lr{lr}']['theory'][m]['collapsed'] for lr in ('0p05', '0p1', '0p2')
                  for m in ('paper', 'sgd'))  # the control line: no weight decay, every mode survives
-  assert out['agreement'] == {'paper': {'rows_compared': 9, 'rows_agreeing': 9},
-                              'sgd': {'rows_compared': 9, 'rows_agreeing': 7}}
+  assert out['agreement'] == {'paper': {'rows_compared': 12, 'rows_agreeing': 12},
+                              'sgd': {'rows_compared': 12, 'rows_agreeing': 10}}
+  # The angular step sqrt(2 lr wd / (1 + m)): wd / lr 0.1 at lr 0.2 (spread here) steps as far as 0.4 at lr 0.1
+  # (collapsed), so no threshold on it separates this fake outcome.
+  assert by_row['eta0p1_lr0p2']['angular_step'] == pytest.approx(math.sqrt(2 * 0.2 * 0.02 / (1 + momentum)))
+  assert by_row['eta0_lr0p2']['angular_step'] == 0.0
+  assert out['angular_step']['separates'] is False
+  assert out['angular_step']['largest_surviving'] == pytest.approx(by_row['eta0p1_lr0p2']['angular_step'])
+  assert out['angular_step']['smallest_collapsed'] == pytest.approx(by_row['eta0p4_lr0p05']['angular_step'])
+
+
+def test_angular_step_separates_when_collapse_follows_lr_times_wd():
+  rows = [{'angular_step': lr_sweep.angular_step(lr, wd, 0.9), 'real_collapsed': collapsed}
+          for lr, wd, collapsed in ((0.2, 0.0, False), (0.1, 0.01, False), (0.05, 0.02, False), (0.2, 0.02, True),
+                                    (0.1, 0.04, True), (0.3, 0.1, None))]  # the last one has no verdict yet
+  sep = lr_sweep.angular_separation(rows)
+  assert sep['separates'] is True
+  assert sep['largest_surviving'] == pytest.approx(math.sqrt(2 * 1e-3 / 1.9))
+  assert sep['smallest_collapsed'] == pytest.approx(math.sqrt(2 * 4e-3 / 1.9))
+  assert lr_sweep.angular_separation(rows[:3])['separates'] is False  # nothing collapsed: nothing to separate
 
 
 @pytest.mark.parametrize('change', [

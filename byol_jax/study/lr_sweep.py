@@ -6,6 +6,11 @@ study.write_results calls `write`. When the study's rows form such a sweep (`swe
                  continuous lr range, the runs' lrs marked by their real verdict);
   lr_sweep.json  per row: lr, wd, tau, steps, the real z_std·√d and verdict, and per map eta, beta, s_j(t_end),
                  its verdict and whether it agrees with the real one.
+Beside both maps, a quantity neither holds: the angular step per update of a weight behind BatchNorm once weight
+decay balances its growth, sqrt(2·lr·wd / (1 + m)) radians (Wan et al. 2021, "Spherical Motion Dynamics"; such a
+weight's direction is all that matters, so this is its effective step). It grows with lr at fixed wd / lr and at
+fixed wd. The figure's second panel puts the real verdicts against it, and lr_sweep.json says whether a single
+threshold on it separates the collapsed rows from the others.
 
 A sweep: every row maps to the theory (phase_map.row_setting), all rows share momentum, alpha_p, the target's
 initialisation, beta = (1 - tau) / lr and the theory time lr * steps, and they span >= 2 lrs. Rows with the same
@@ -53,7 +58,7 @@ def sweep_from_results(res: dict, configs: dict) -> dict | None:
   for row, s in settings.items():
     e = res['rows'][row]
     rows.append({'row': row, 'lr': s['lr'], 'wd': s['wd'], 'tau': s['tau'], 'steps': s['steps'],
-                 'eta': float(f'{s["wd"] / s["lr"]:.6g}'),
+                 'eta': float(f'{s["wd"] / s["lr"]:.6g}'), 'angular_step': angular_step(s['lr'], s['wd'], momentum),
                  'theory': {m: dict(zip(('eta', 'beta'), phase_map.to_theory(s['wd'], s['tau'], s['lr'], momentum, m)))
                             for m in phase_map.MAPS},
                  'real_z_std_times_sqrt_d': e['z_std_times_sqrt_d']['mean'], 'real_collapsed': e['collapsed'],
@@ -62,6 +67,23 @@ def sweep_from_results(res: dict, configs: dict) -> dict | None:
            for m in phase_map.MAPS}
   return {'momentum': momentum, 'alpha_p': alpha_p, 'tau0': phase_map.MODE_TAU0[target_init],
           'beta': float(np.mean(betas)), 'etas': sorted({r['eta'] for r in rows}), 't_end': t_end, 'rows': rows}
+
+
+def angular_step(lr: float, wd: float, momentum: float) -> float:
+  """Radians per update of a scale-invariant weight (one behind BatchNorm) at the norm equilibrium of SGD with
+  momentum and weight decay: sqrt(2·lr·wd / (1 + m))."""
+  return math.sqrt(2.0 * lr * wd / (1.0 + momentum))
+
+
+def angular_separation(rows: list[dict]) -> dict:
+  """Whether the collapsed rows are exactly those above some angular step: the largest step of a surviving row
+  against the smallest of a collapsed one (rows without a real verdict left out)."""
+  judged = [r for r in rows if r['real_collapsed'] is not None]
+  alive = [r['angular_step'] for r in judged if not r['real_collapsed']]
+  dead = [r['angular_step'] for r in judged if r['real_collapsed']]
+  largest_alive, smallest_dead = (max(alive) if alive else None), (min(dead) if dead else None)
+  return {'largest_surviving': largest_alive, 'smallest_collapsed': smallest_dead,
+          'separates': bool(alive and dead and largest_alive < smallest_dead)}
 
 
 def _curve_lrs(sweep: dict) -> np.ndarray:
@@ -102,15 +124,19 @@ def summary(sweep: dict, theories: dict, study: str = '', collapse_rule: str = '
           'beta_paper_map': sweep['beta'], 'momentum': sweep['momentum'], 'alpha_p': sweep['alpha_p'],
           'theory_mode': {'p0': phase_map.MODE_P0, 's0': phase_map.MODE_P0 ** 2, 'tau0': sweep['tau0']},
           'theory_collapse_rule': f's_j(t_end) < {phase_map.THEORY_COLLAPSE_S:g}',
-          'real_collapse_rule': collapse_rule, 'agreement': agreement, 'rows': rows}
+          'real_collapse_rule': collapse_rule, 'agreement': agreement,
+          'angular_step': {'definition': 'sqrt(2 lr wd / (1 + momentum)), radians per update at the norm equilibrium',
+                           **angular_separation(sweep['rows'])},
+          'rows': rows}
 
 
 def figure(sweep: dict, theories: dict, study: str = ''):
-  """The matplotlib Figure: the real network against lr, then the theory against lr under each map."""
+  """The matplotlib Figure: the real network against lr and against the angular step, then the theory against lr
+  under each map."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 1 + len(theories), figsize=(6.5 * (1 + len(theories)), 5.2), constrained_layout=True)
+  fig, axes = plt.subplots(1, 2 + len(theories), figsize=(6.0 * (2 + len(theories)), 5.2), constrained_layout=True)
   colours = {eta: plt.get_cmap('viridis')(i / max(1, len(sweep['etas']) - 1) * 0.85)
              for i, eta in enumerate(sweep['etas'])}
   ax = axes[0]
@@ -125,7 +151,21 @@ def figure(sweep: dict, theories: dict, study: str = ''):
                  c=style['facecolor'], edgecolors=colours[eta], linewidths=1.5)
   ax.axhline(collapse.Z_STD_THRESHOLD, color='tab:red', ls=':', label=f'collapse below {collapse.Z_STD_THRESHOLD}')
   ax.set(xscale='log', xlabel='lr', ylabel='final z_std·√d (mean over seeds)', title='real network (x: collapsed)')
-  for ax, (m, th) in zip(axes[1:], theories.items()):
+  ax = axes[1]
+  for r in sweep['rows']:
+    if r['real_z_std_times_sqrt_d'] is not None:
+      style = phase_map.STATE_STYLE[r['real_state']]
+      ax.scatter([r['angular_step']], [r['real_z_std_times_sqrt_d']], s=80, zorder=3, marker=style['marker'],
+                 c=style['facecolor'], edgecolors=colours[r['eta']], linewidths=1.5)
+      ax.annotate(f'lr {r["lr"]:g}', (r['angular_step'], r['real_z_std_times_sqrt_d']), fontsize=7,
+                  xytext=(4, 4), textcoords='offset points')
+  for eta in sweep['etas']:
+    ax.plot([], [], 'o', mfc='none', color=colours[eta], label=f'wd / lr = {eta:g}')
+  ax.axhline(collapse.Z_STD_THRESHOLD, color='tab:red', ls=':', label=f'collapse below {collapse.Z_STD_THRESHOLD}')
+  ax.set(xlabel='angular step sqrt(2·lr·wd / (1 + m)), rad per update', ylabel='final z_std·√d (mean over seeds)',
+         title='real network against the angular step at the norm equilibrium')
+  ax.title.set_fontsize(9)
+  for ax, (m, th) in zip(axes[2:], theories.items()):
     for eta in sweep['etas']:
       ax.plot(th['lrs'], np.log10(np.maximum(th['curves'][eta], 10.0 ** phase_map.LOG_S_FLOOR)), '-',
               color=colours[eta], label=f'wd / lr = {eta:g}')

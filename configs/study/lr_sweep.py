@@ -12,6 +12,7 @@ lr with the base's beta, and steps = the base's STEPS * (base lr / lr), so every
   | eta = wd / lr | lr 0.05 (2000 steps)        | lr 0.1 (1000 steps)         | lr 0.2 (500 steps)          |
   |---------------|-----------------------------|-----------------------------|-----------------------------|
   | 0             | wd 0, tau 0.9935            | wd 0, tau 0.987             | wd 0, tau 0.974             |
+  | 0.025         | wd 0.00125, tau 0.9935      | wd 0.0025, tau 0.987        | wd 0.005, tau 0.974         |
   | 0.1           | wd 0.005, tau 0.9935        | wd 0.01, tau 0.987          | wd 0.02, tau 0.974          |
   | 0.4           | wd 0.02, tau 0.9935         | wd 0.04, tau 0.987          | wd 0.08, tau 0.974          |
 
@@ -21,19 +22,22 @@ every mode collapses, Obs#5), computed by the study into lr_sweep.json:
          and eta 0.4 collapses (s_j ~1e-34) at every lr; wd 0.02 survives at lr 0.2 and collapses at lr 0.05.
   sgd    eta = wd, beta = (1 - tau)(1 - m) / lr = 0.013, t 1000: wd 0.005-0.04 survive (s_j 0.91-0.99), wd 0.08
          collapses (the slow beta widens the basin below eta_c, Obs#10). wd 0.02 gives one verdict at both lrs.
-  both   eta 0 (no weight decay): every mode survives at every lr. The control: a collapse on this line is the
-         step size's own (the discrete update), which neither map holds.
+  both   eta 0 (no weight decay) and 0.025 survive at every lr. A collapse on the eta 0 line is the step size's
+         own (the discrete update), which neither map holds.
 So the two maps part at eta0p4_lr0p05 (wd 0.02) and eta0p4_lr0p1 (wd 0.04): collapsed under the paper's map,
-spread under the optimizer's.
-The phase diagram at lr 0.1 (docs/study.md, the 400-step short-run base) collapsed completely at wd 4e-2 (paper's eta 0.4) and agreed with the
-paper's map in 12 of 16 cells, the optimizer's in 8; one lr cannot separate the maps, this sweep can. The study
-writes lr_sweep.png and lr_sweep.json beside its results (byol_jax/study/lr_sweep.py).
+spread under the optimizer's. The angular step sqrt(2·lr·wd / (1 + m)) (lr_sweep.py), which neither map holds,
+is the same at eta0p025_lr0p2, eta0p1_lr0p1 and eta0p4_lr0p05 (lr * wd = 1e-3).
+The phase diagram at lr 0.1 (docs/study.md, the 400-step short-run base) collapsed completely at wd 4e-2 (paper's
+eta 0.4) and agreed with the paper's map in 12 of 16 cells, the optimizer's in 8; one lr cannot separate the maps,
+this sweep can. The study writes lr_sweep.png and lr_sweep.json beside its results.
 """
 from byol_jax.config import load_config_module
 
 STEPS = 1000        # at the base's lr; past the norm transient for both etas (weight decay exposure >= 5 at lr 0.05)
 LR_FACTORS = (0.5, 1.0, 2.0)
-ETAS = (0.0, 0.1, 0.4)  # no weight decay (the control), then either side of eta_c = 1/4 under the paper's map
+# No weight decay (the control); 0.025, whose lr 0.2 row steps as far per update as lr 0.1 at 0.1 (the same lr * wd,
+# byol_jax/study/lr_sweep.py's angular step); then either side of eta_c = 1/4 under the paper's map.
+ETAS = (0.0, 0.025, 0.1, 0.4)
 
 
 def _name(x: float) -> str:
