@@ -152,10 +152,12 @@ def test_lr_sweep_study_writes_the_real_network_beside_both_maps(tmp_path):
 
 
 def test_angular_step_separates_when_collapse_follows_lr_times_wd():
-  rows = [{'angular_step': lr_sweep.angular_step(lr, wd, 0.9), 'real_collapsed': collapsed}
+  rows = [{'angular_step': lr_sweep.angular_step(lr, wd, 0.9), 'wd': wd, 'real_collapsed': collapsed}
           for lr, wd, collapsed in ((0.2, 0.0, False), (0.1, 0.01, False), (0.05, 0.02, False), (0.2, 0.02, True),
                                     (0.1, 0.04, True), (0.3, 0.1, None))]  # the last one has no verdict yet
   sep = lr_sweep.angular_separation(rows)
+  # Without weight decay there is no equilibrium: a collapsed wd-0 row (step 0) does not count against it.
+  assert lr_sweep.angular_separation(rows + [{'angular_step': 0.0, 'wd': 0.0, 'real_collapsed': True}]) == sep
   assert sep['separates'] is True
   assert sep['largest_surviving'] == pytest.approx(math.sqrt(2 * 1e-3 / 1.9))
   assert sep['smallest_collapsed'] == pytest.approx(math.sqrt(2 * 4e-3 / 1.9))

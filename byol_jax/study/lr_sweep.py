@@ -10,7 +10,8 @@ Beside both maps, a quantity neither holds: the angular step per update of a wei
 decay balances its growth, sqrt(2·lr·wd / (1 + m)) radians (Wan et al. 2021, "Spherical Motion Dynamics"; such a
 weight's direction is all that matters, so this is its effective step). It grows with lr at fixed wd / lr and at
 fixed wd. The figure's second panel puts the real verdicts against it, and lr_sweep.json says whether a single
-threshold on it separates the collapsed rows from the others.
+threshold on it separates the collapsed rows with weight decay from the others (without weight decay there is no
+equilibrium: the step shrinks as the norm grows, and the panel draws such rows at 0).
 
 A sweep: every row maps to the theory (phase_map.row_setting), all rows share momentum, alpha_p, the target's
 initialisation, beta = (1 - tau) / lr and the theory time lr * steps, and they span >= 2 lrs. Rows with the same
@@ -77,8 +78,9 @@ def angular_step(lr: float, wd: float, momentum: float) -> float:
 
 def angular_separation(rows: list[dict]) -> dict:
   """Whether the collapsed rows are exactly those above some angular step: the largest step of a surviving row
-  against the smallest of a collapsed one (rows without a real verdict left out)."""
-  judged = [r for r in rows if r['real_collapsed'] is not None]
+  against the smallest of a collapsed one. Left out: rows without a real verdict, and rows without weight decay,
+  whose weight norm grows through the whole run (no equilibrium: their step shrinks as the norm grows)."""
+  judged = [r for r in rows if r['real_collapsed'] is not None and r['wd'] > 0]
   alive = [r['angular_step'] for r in judged if not r['real_collapsed']]
   dead = [r['angular_step'] for r in judged if r['real_collapsed']]
   largest_alive, smallest_dead = (max(alive) if alive else None), (min(dead) if dead else None)
@@ -125,7 +127,8 @@ def summary(sweep: dict, theories: dict, study: str = '', collapse_rule: str = '
           'theory_mode': {'p0': phase_map.MODE_P0, 's0': phase_map.MODE_P0 ** 2, 'tau0': sweep['tau0']},
           'theory_collapse_rule': f's_j(t_end) < {phase_map.THEORY_COLLAPSE_S:g}',
           'real_collapse_rule': collapse_rule, 'agreement': agreement,
-          'angular_step': {'definition': 'sqrt(2 lr wd / (1 + momentum)), radians per update at the norm equilibrium',
+          'angular_step': {'definition': 'sqrt(2 lr wd / (1 + momentum)), radians per update at the norm equilibrium; '
+                                         'separation over the rows with weight decay',
                            **angular_separation(sweep['rows'])},
           'rows': rows}
 
@@ -136,7 +139,9 @@ def figure(sweep: dict, theories: dict, study: str = ''):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2 + len(theories), figsize=(6.0 * (2 + len(theories)), 5.2), constrained_layout=True)
+  columns = math.ceil((2 + len(theories)) / 2)  # the real network on top, the theory under it
+  fig, axes = plt.subplots(2, columns, figsize=(6.5 * columns, 10.0), constrained_layout=True, squeeze=False)
+  axes = list(axes.ravel())
   colours = {eta: plt.get_cmap('viridis')(i / max(1, len(sweep['etas']) - 1) * 0.85)
              for i, eta in enumerate(sweep['etas'])}
   ax = axes[0]
