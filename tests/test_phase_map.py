@@ -119,7 +119,7 @@ def test_lr_sweep_study_writes_the_real_network_beside_both_maps(tmp_path):
     fake_run(workdir, row, 0.02 if row.startswith('eta0p4') else 0.6, 1.1 if row.startswith('eta0p4') else 20.0)
   study = fake_study(rows)
   results.write_results(study, workdir)
-  assert not os.path.exists(os.path.join(workdir, 'phase_diagram.json'))  # three lrs: no single-lr grid
+  assert not os.path.exists(os.path.join(workdir, 'phase_diagram.json'))  # four lrs: no single-lr grid
   assert os.path.getsize(os.path.join(workdir, 'lr_sweep.png')) > 20_000
   out = json.load(open(os.path.join(workdir, 'lr_sweep.json')))
   momentum = study.base.optim.momentum
@@ -134,20 +134,20 @@ def test_lr_sweep_study_writes_the_real_network_beside_both_maps(tmp_path):
     assert paper['eta'] == pytest.approx(r['eta']) and sgd['eta'] == pytest.approx(r['wd'])
     # Under the paper's map a line of fixed wd / lr is one theory point: one verdict, collapsed beyond eta_c.
     assert paper['collapsed'] == (r['eta'] > 0.25), r
-    # Under the optimizer's map eta = wd (0.005-0.08, below eta_c); the slow beta = (1 - tau)(1 - m) / lr
-    # widens the collapse basin (Obs#10) enough to take wd 0.08 only.
+    # Under the optimizer's map eta = wd (0-0.16, below eta_c); the slow beta = (1 - tau)(1 - m) / lr widens
+    # the collapse basin (Obs#10) enough to take wd 0.08 and 0.16 only.
     assert sgd['collapsed'] == (r['wd'] > 0.05), r
   assert by_row['eta0p4_lr0p05']['wd'] == pytest.approx(by_row['eta0p1_lr0p2']['wd'])  # the same wd, both maps apart
-  assert not any(by_row[f'eta0_lr{lr}']['theory'][m]['collapsed'] for lr in ('0p05', '0p1', '0p2')
+  assert not any(by_row[f'eta0_lr{lr}']['theory'][m]['collapsed'] for lr in ('0p05', '0p1', '0p2', '0p4')
                  for m in ('paper', 'sgd'))  # the control line: no weight decay, every mode survives
-  assert out['agreement'] == {'paper': {'rows_compared': 12, 'rows_agreeing': 12},
-                              'sgd': {'rows_compared': 12, 'rows_agreeing': 10}}
-  # The angular step sqrt(2 lr wd / (1 + m)): wd / lr 0.1 at lr 0.2 (spread here) steps as far as 0.4 at lr 0.1
-  # (collapsed), so no threshold on it separates this fake outcome.
+  assert out['agreement'] == {'paper': {'rows_compared': 16, 'rows_agreeing': 16},
+                              'sgd': {'rows_compared': 16, 'rows_agreeing': 14}}
+  # The angular step sqrt(2 lr wd / (1 + m)): wd / lr 0.1 at lr 0.4 (spread here) steps farther than 0.4 at
+  # lr 0.05 (collapsed), so no threshold on it separates this fake outcome.
   assert by_row['eta0p1_lr0p2']['angular_step'] == pytest.approx(math.sqrt(2 * 0.2 * 0.02 / (1 + momentum)))
   assert by_row['eta0_lr0p2']['angular_step'] == 0.0
   assert out['angular_step']['separates'] is False
-  assert out['angular_step']['largest_surviving'] == pytest.approx(by_row['eta0p1_lr0p2']['angular_step'])
+  assert out['angular_step']['largest_surviving'] == pytest.approx(by_row['eta0p1_lr0p4']['angular_step'])
   assert out['angular_step']['smallest_collapsed'] == pytest.approx(by_row['eta0p4_lr0p05']['angular_step'])
 
 

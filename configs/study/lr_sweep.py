@@ -4,29 +4,31 @@ paper's map of its ODEs to training from the optimizer's (paper Sec. 4, Obs#5; b
 Command:  python -m byol_jax.study --config=configs/study/lr_sweep.py --workdir=runs/study/lr_sweep --parallel=2
 GPU:      --config=configs/study/lr_sweep.py:stl10 (or :cifar10): the same sweep around that recipe's lr.
 
-Symmetric linear predictor, 1 seed (`--config.seeds=3 --runs=<row>:1,<row>:2` adds seeds to a row). lr in {1/2,
-1, 2} x the base's lr, and at each lr: weight decay wd = eta * lr (trunk and predictor), EMA rate tau = 1 - beta *
-lr with the base's beta, and steps = the base's STEPS * (base lr / lr), so every row reaches the same theory time. Rows `eta<eta>_lr<lr>`. At the paper-regime base (lr 0.1, beta
-0.13, 1000 steps at lr 0.1, t = lr * steps = 100):
+Symmetric linear predictor, 1 seed (`--config.seeds=3 --runs=<row>:1,<row>:2` adds seeds to a row; `--runs` picks
+the cells to train). lr in {1/2, 1, 2, 4} x the base's lr, and at each lr: weight decay wd = eta * lr (trunk and
+predictor), EMA rate tau = 1 - beta * lr with the base's beta, and steps = the base's STEPS * (base lr / lr), so
+every row reaches the same theory time. Rows `eta<eta>_lr<lr>`. At the paper-regime base (lr 0.1, beta 0.13, 1000
+steps at lr 0.1, t = lr * steps = 100):
 
-  | eta = wd / lr | lr 0.05 (2000 steps)        | lr 0.1 (1000 steps)         | lr 0.2 (500 steps)          |
-  |---------------|-----------------------------|-----------------------------|-----------------------------|
-  | 0             | wd 0, tau 0.9935            | wd 0, tau 0.987             | wd 0, tau 0.974             |
-  | 0.025         | wd 0.00125, tau 0.9935      | wd 0.0025, tau 0.987        | wd 0.005, tau 0.974         |
-  | 0.1           | wd 0.005, tau 0.9935        | wd 0.01, tau 0.987          | wd 0.02, tau 0.974          |
-  | 0.4           | wd 0.02, tau 0.9935         | wd 0.04, tau 0.987          | wd 0.08, tau 0.974          |
+  | eta = wd / lr | lr 0.05 (2000 steps) | lr 0.1 (1000 steps) | lr 0.2 (500 steps) | lr 0.4 (250 steps) |
+  |---------------|----------------------|---------------------|--------------------|--------------------|
+  | 0             | wd 0                 | wd 0                | wd 0               | wd 0               |
+  | 0.025         | wd 0.00125           | wd 0.0025           | wd 0.005           | wd 0.01            |
+  | 0.1           | wd 0.005             | wd 0.01             | wd 0.02            | wd 0.04            |
+  | 0.4           | wd 0.02              | wd 0.04             | wd 0.08            | wd 0.16            |
+  | tau           | 0.9935               | 0.987               | 0.974              | 0.948              |
 
 What each map predicts for the theory mode (phase_map.py: p_j(0) = 0.4 on the parabola; eta_c = 1/4, beyond it
 every mode collapses, Obs#5), computed by the study into lr_sweep.json:
-  paper  eta = wd / lr, beta 0.13, t 100: a line of fixed eta is one theory point. eta 0.1 survives (s_j 0.77)
-         and eta 0.4 collapses (s_j ~1e-34) at every lr; wd 0.02 survives at lr 0.2 and collapses at lr 0.05.
-  sgd    eta = wd, beta = (1 - tau)(1 - m) / lr = 0.013, t 1000: wd 0.005-0.04 survive (s_j 0.91-0.99), wd 0.08
-         collapses (the slow beta widens the basin below eta_c, Obs#10). wd 0.02 gives one verdict at both lrs.
-  both   eta 0 (no weight decay) and 0.025 survive at every lr. A collapse on the eta 0 line is the step size's
-         own (the discrete update), which neither map holds.
+  paper  eta = wd / lr, beta 0.13, t 100: a line of fixed eta is one theory point. eta 0, 0.025 and 0.1 survive
+         (s_j 0.77 at 0.1) and eta 0.4 collapses (s_j ~1e-34) at every lr.
+  sgd    eta = wd, beta = (1 - tau)(1 - m) / lr = 0.013, t 1000: wd up to 0.04 survives (s_j 0.91-0.99), wd 0.08
+         and 0.16 collapse (the slow beta widens the basin below eta_c, Obs#10). One verdict per wd at every lr.
 So the two maps part at eta0p4_lr0p05 (wd 0.02) and eta0p4_lr0p1 (wd 0.04): collapsed under the paper's map,
-spread under the optimizer's. The angular step sqrt(2·lr·wd / (1 + m)) (lr_sweep.py), which neither map holds,
-is the same at eta0p025_lr0p2, eta0p1_lr0p1 and eta0p4_lr0p05 (lr * wd = 1e-3).
+spread under the optimizer's. A collapse on the eta 0 line is the step size's own (the discrete update), which
+neither map holds. Nor does either hold the angular step sqrt(2·lr·wd / (1 + m)) (lr_sweep.py), which grows with
+lr along every line: it is the same at eta0p025_lr0p2, eta0p1_lr0p1 and eta0p4_lr0p05 (lr * wd = 1e-3), and at
+eta0p025_lr0p4, eta0p1_lr0p2 and eta0p4_lr0p1 (4e-3), where eta0p025_lr0p4 survives under both maps.
 The phase diagram at lr 0.1 (docs/study.md, the 400-step short-run base) collapsed completely at wd 4e-2 (paper's
 eta 0.4) and agreed with the paper's map in 12 of 16 cells, the optimizer's in 8; one lr cannot separate the maps,
 this sweep can. The study writes lr_sweep.png and lr_sweep.json beside its results.
@@ -34,7 +36,7 @@ this sweep can. The study writes lr_sweep.png and lr_sweep.json beside its resul
 from byol_jax.config import load_config_module
 
 STEPS = 1000        # at the base's lr; past the norm transient for both etas (weight decay exposure >= 5 at lr 0.05)
-LR_FACTORS = (0.5, 1.0, 2.0)
+LR_FACTORS = (0.5, 1.0, 2.0, 4.0)
 # No weight decay (the control); 0.025, whose lr 0.2 row steps as far per update as lr 0.1 at 0.1 (the same lr * wd,
 # byol_jax/study/lr_sweep.py's angular step); then either side of eta_c = 1/4 under the paper's map.
 ETAS = (0.0, 0.025, 0.1, 0.4)
