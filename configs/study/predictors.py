@@ -3,7 +3,8 @@
 Command:  python -m byol_jax.study --config=configs/study/predictors.py --workdir=runs/study/predictors
           --parallel=2 --rows=mlp,linear,linear_sym,directpred,directcopy
           (the paper's regime, 3000 steps, 10 seeds; 2 CPU cores: ~30 min per run, two at a time; a committed
-          record: --record=docs/records/study/predictors_paper_regime; `:short` is the 400-step short-run base)
+          record: --record=docs/records/study/predictors_paper_regime; --runs=linear_sym:6,directpred:6 trains
+          those seeds first; `:short` is the 400-step short-run base)
 GPU:      --config=configs/study/predictors.py:stl10 (or :cifar10): the same rows on the paper's recipe,
           i.e. `python -m byol_jax.main --config=configs/stl10.py:<args>` for each row below.
 
