@@ -217,7 +217,23 @@ def spectra_record(state, config) -> dict:
 # The job
 # ----------------------------------------------------------------------------------------------------
 def run(config, workdir: str) -> dict:
-  """Trains (or resumes) and evaluates; returns the end-of-run summary."""
+  """Trains (or resumes) and evaluates; returns the end-of-run summary, or {'preempted': True, ...} when SIGTERM
+  stopped it (a checkpoint saved at a step boundary; a SIGTERM during the start-up evaluation stops it before the
+  first step). A SIGTERM during the final evaluation lets it finish and is then passed on to the handler that was
+  in place (a study's runner stops there)."""
+  stop = {'signal': None}
+  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  summary = {}
+  try:
+    summary = _run(config, workdir, stop)
+    return summary
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    if stop['signal'] is not None and not summary.get('preempted'):
+      signal.raise_signal(signal.SIGTERM)
+
+
+def _run(config, workdir: str, stop: dict) -> dict:
   t_start = time.time()
   config = config_lib.finalize(config)
   mesh = step_lib.make_mesh(config.train.num_devices)
@@ -267,10 +283,8 @@ def run(config, workdir: str) -> dict:
   if decided_by_process_0(initial_eval is None and start_step == 0 and config.train.eval_at_start):
     initial_eval = evaluate_now(0)
 
-  # Preemption: SIGTERM asks the loop to save a checkpoint and stop at the next step boundary.
-  stop = {'signal': None}
-  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-
+  # Preemption: SIGTERM (stop, set by run's handler) asks the loop to save a checkpoint and stop at the next step
+  # boundary; one that came during the start-up evaluation stops it before the first step.
   steps = config.train.steps
   bar = progress_bar(steps, start_step, enabled=main_process and config.train.progress_bar)
   last_log_time, last_log_step = time.time(), start_step
@@ -278,6 +292,9 @@ def run(config, workdir: str) -> dict:
   step = start_step
   try:
     while step < steps:
+      if step == start_step and any_process(stop['signal'] is not None):
+        stop['signal'] = signal.SIGTERM
+        break
       batch = shard_batch(mesh, next(batches))
       state, metrics = train_step(state, batch)
       step += 1
@@ -316,13 +333,16 @@ def run(config, workdir: str) -> dict:
         break
   finally:
     bar.close()
-    signal.signal(signal.SIGTERM, previous_handler)
 
   if stop['signal'] is not None:
-    ckpt.save(state)
+    if step > start_step:  # else the state is the one restored (or initialised): nothing new to save
+      ckpt.save(state)
     ckpt.close()
     log.close()
-    msg = f'SIGTERM at step {step}: checkpoint saved to {ckpt.path(step)}; run the same command to resume.'
+    where = (f'checkpoint saved to {ckpt.path(step)}' if step > start_step else
+             f'before its first step (checkpoint {ckpt.path(step)} unchanged)' if start_step else
+             'before its first step (nothing trained yet)')
+    msg = f'SIGTERM at step {step}: stopped, {where}; run the same command to resume.'
     if main_process:
       print(msg, flush=True)
     return {'preempted': True, 'step': step, 'message': msg}

@@ -149,6 +149,38 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
 
 
+def test_sigterm_during_an_evaluation_is_not_lost(tmp_path, monkeypatch, reference_run):
+  """During the start-up evaluation SIGTERM stops the run before its first step (not after the whole run, as when
+  the signal reached a handler training never reads); during the final one the run finishes and passes it on."""
+  ref_dir, ref_summary = reference_run
+  real_evaluation, at = train.run_evaluation, {}
+
+  def evaluation_then_sigterm(config, feature_fn, state, data, info, mesh):
+    result = real_evaluation(config, feature_fn, state, data, info, mesh)
+    if int(state.step) == at.get('step'):
+      signal.raise_signal(signal.SIGTERM)
+    return result
+
+  monkeypatch.setattr(train, 'run_evaluation', evaluation_then_sigterm)
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  try:
+    workdir = str(tmp_path)
+    at['step'] = 0
+    out = train.run(tiny_config(), workdir)
+    assert out['preempted'] and out['step'] == 0 and 'nothing trained' in out['message'], out
+    assert not losses_by_step(workdir) and not received  # the run's own handler took it
+    at['step'] = tiny_config().train.steps
+    summary = train.run(tiny_config(), workdir)  # resumes: no second step-0 evaluation, every step trained
+    assert received == [signal.SIGTERM]  # passed on after the final evaluation
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert summary['final_linear_probe_top1'] == pytest.approx(ref_summary['final_linear_probe_top1'], abs=1e-6)
+  assert sorted(losses_by_step(workdir)) == sorted(losses_by_step(ref_dir))
+  evaluated = [r['step'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'linear_probe_top1' in r]
+  assert evaluated == [0, tiny_config().train.steps]
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
   c = tiny_config(**{'optim.lr': 1e30, 'train.steps': 6, 'train.checkpoint_every': 1,
                      'train.eval_at_start': False})

@@ -206,7 +206,7 @@ def run_study(study, workdir: str, rows_flag: str = '', out=None, reuse_dirs=(),
         ran.append(r)
         continue
       if summary.get('preempted'):
-        progress.message(f'{label}: stopped by SIGTERM at step {summary["step"]}, checkpoint saved')
+        progress.message(f'{label}: stopped by SIGTERM at step {summary["step"]}; the same command resumes it')
         preempted = True
         break
       progress.finish()
