@@ -249,9 +249,9 @@ def run_parallel(study, workdir: str, n: int, argv: list[str], rows_flag: str = 
                  out=None, record='', only=None) -> dict:
   """Trains the pending runs n at a time: n worker processes (`python -m byol_jax.study ... --runs=...`), worker
   i pinned to CPU core i with one JAX device (study.base.train.cpu_devices must already be 1), each given every
-  n-th pending run in plan order (or in the order of only, --runs's [(row, seed)]). Their output goes to DIR/.worker<i>.log; this process draws one progress
-  line and writes the results when all have ended. SIGTERM is passed on (each worker stops after its run's
-  checkpoint). Returns run_study's dict."""
+  n-th pending run in plan order (or in the order of only, --runs's [(row, seed)]). Their output goes to
+  DIR/.worker<i>.log; this process draws one progress line and writes the results when all have ended. SIGTERM
+  is passed on (each worker stops after its run's checkpoint). Returns run_study's dict."""
   import subprocess
   out = out or sys.stdout
   runs, linked = prepare(study, workdir, rows_flag, reuse_dirs, only, record=record)
