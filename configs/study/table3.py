@@ -39,5 +39,9 @@ PAPER = {
 }
 
 
+# Tbl 3's contrasts: the regular predictor against the symmetric one, without and with EMA.
+PAIRS = ('linear_no_ema-linear_sym_no_ema', 'linear-linear_sym')
+
+
 def get_config(arg=None):
-  return load_config_module(__file__, '_base.py').study('table3', arg, STEPS, ROWS, PAPER)
+  return load_config_module(__file__, '_base.py').study('table3', arg, STEPS, ROWS, PAPER, pairs=PAIRS)
