@@ -194,16 +194,21 @@ def test_second_invocation_skips_finished_runs(reference_study):
 
 
 def test_reuse_links_equal_runs_of_another_study(reference_study, tmp_path):
-  """A study whose rows equal finished runs elsewhere links them (same numbers, nothing trained); a row
-  of another config is still trained."""
+  """A study whose rows equal finished runs elsewhere links them (same numbers, nothing trained) and copies them
+  into its record; a row of another config is still trained."""
   workdir, _ = reference_study
   other = tiny_study(seeds=1)
   with other.unlocked():  # same base: row 'none_again' is the reference's none/seed0
     other.rows = ml_collections.ConfigDict({'none_again': 'none'})
     other.paper = ml_collections.ConfigDict()
-  out = str(tmp_path / 'other')
-  outcome = runner.run_study(other, out, out=open(os.devnull, 'w'), reuse_dirs=[workdir])
+  out, record = str(tmp_path / 'other'), str(tmp_path / 'other_record')
+  outcome = runner.run_study(other, out, out=open(os.devnull, 'w'), reuse_dirs=[workdir], record=record)
   assert (outcome['ran'], outcome['skipped']) == (0, 1)
+  # The record holds the linked run as a copy without checkpoints, and counts it: it stands alone.
+  held = os.path.join(record, 'none_again', 'seed0')
+  assert os.path.exists(os.path.join(held, 'summary.json')) and not os.path.islink(held)
+  assert not os.path.exists(os.path.join(held, 'checkpoints'))
+  assert json.load(open(os.path.join(record, 'results.json')))['rows']['none_again']['linear_probe_top1']['n'] == 1
   link = os.path.join(out, 'none_again', 'seed0')
   assert os.path.islink(link) and not os.path.isabs(os.readlink(link))
   assert os.path.samefile(link, os.path.join(workdir, 'none', 'seed0'))

@@ -143,8 +143,8 @@ def _run_line(label, s, seconds) -> str:
 
 def prepare(study, workdir: str, rows_flag: str = '', reuse_dirs=(), only=None, link=True, record=''):
   """The selected runs with their folder and status (plan + run_status), finished ones of --record copied in
-  and of --reuse linked (when link). only: the [(row, seed)] to keep, in that order (--runs, or a --parallel
-  worker's share).
+  and of --reuse linked (when link; a linked run is also copied into the record). only: the [(row, seed)] to
+  keep, in that order (--runs, or a --parallel worker's share).
   Returns (runs, linked + copied from the record)."""
   import jax
   runs = plan(study, rows_flag, study.base.train.num_devices or jax.device_count())
@@ -162,6 +162,12 @@ def prepare(study, workdir: str, rows_flag: str = '', reuse_dirs=(), only=None, 
         r['status'], linked = 'done', linked + 1
   if record and link:
     linked += import_record(runs, record)
+    # A run linked from another study is this study's too: the record holds it, so that it stands alone on a
+    # fresh checkout (where the other study's folder may not exist) and its results count it.
+    for r in runs:
+      held = os.path.join(run_dir(record, r['row'], r['seed']), 'summary.json')
+      if r['status'] == 'done' and os.path.islink(r['path']) and not os.path.exists(held):
+        export_run(r['path'], record, r['row'], r['seed'])
   return runs, linked
 
 
