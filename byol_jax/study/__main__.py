@@ -40,7 +40,8 @@ every N-th from i): the seeds that matter most first, when a study spans sitting
 finished run of the study.
 
 `--reuse=DIR2,DIR3` links (relative symlink) a run whose config equals a finished run in another study
-folder instead of training it again: studies share rows (table3's `linear` is predictors' `linear`).
+folder or record instead of training it again: studies share rows (table3's `linear` is predictors' `linear`).
+With --record, the record gets a copy of each linked run, so it stands alone.
 
 After each run and at the end: DIR/results.json, DIR/results.md, DIR/results.png (see `write_results`), and
 for a weight decay x EMA rate grid of linear-predictor rows DIR/phase_diagram.png / .json (phase_map.py).
