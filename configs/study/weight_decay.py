@@ -1,7 +1,8 @@
 """Study: weight decay on the predictor only, or nowhere, with and without EMA (paper Tbl 5, Tbl 2).
 
 Command:  python -m byol_jax.study --config=configs/study/weight_decay.py --workdir=runs/study/weight_decay
-          --reuse=runs/study/table3 (its no-EMA rows are this study's weight-decay-everywhere baselines)
+          --reuse=runs/study/table3 (a table3 folder or record: its no-EMA rows are this study's weight-decay-
+          everywhere baselines)
 GPU:      --config=configs/study/weight_decay.py:stl10 (or :cifar10), i.e. configs/stl10.py:<args> per row.
 
 Linear predictor without bias, symmetric and regular ("no bias" columns of Tbl 5; add `bias` for the
