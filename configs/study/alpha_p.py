@@ -16,9 +16,11 @@ cosines) has 1/4 the gradient of BYOL's (the sum of two 2 - 2 cos), so at the sa
 slower. At 0.4 / 1e-4 the SimSiam step (gradient x lr, and lr x weight decay) has the scale of the BYOL
 base's step with the target = online network (table3's `linear_sym,no_ema`, which collapses); at the base's
 lr 0.1 no alpha_p collapsed (:short, one seed), so Fig. 6's rescue could not show.
-Time:     :short (400 steps, 12 runs): ~13 min on 2 CPU cores with --parallel=2; the default's 2000 steps ~5x that.
-Result:   :short: every alpha_p ends at or below the collapse line, the spread falling with alpha_p (Obs#2's
-          effect, not Fig. 6's rescue); docs/study.md.
+Time:     :short (400 steps, 12 runs): ~13 min on 2 CPU cores with --parallel=2; the default (2000 steps) ~21 min
+          per run and core.
+Result:   default, seed 0: no alpha_p collapses, alpha_p 1 included (probes 0.830-0.847); alpha_p scales W_p's
+          eigenvalues, not the number of surviving modes. :short: every alpha_p ends at or below the collapse line,
+          the spread falling with alpha_p (Obs#2's effect, not Fig. 6's rescue); docs/study.md.
 
 Rows:
   alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)
