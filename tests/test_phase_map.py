@@ -71,6 +71,12 @@ def test_grid_study_writes_the_phase_diagram_with_both_maps(tmp_path):
   assert cells['wd4e-2_tau0p99']['theory']['paper']['agree'] is False
   assert cells['wd4e-2_tau0']['theory']['paper']['agree'] is True
   assert out['agreement']['paper'] == {'cells_compared': 3, 'cells_agreeing': 1}
+  # The angular step grows with wd at the grid's one lr; wd4e-2_tau0p99 (spread) steps as far as wd4e-2_tau0
+  # (collapsed), so no threshold separates them, and the wd-0 cell (no equilibrium) does not count.
+  assert cells['wd4e-2_tau0']['angular_step'] == pytest.approx(math.sqrt(2 * LR * 4e-2 / (1 + momentum)))
+  assert cells['wd0_tau0']['angular_step'] == 0.0
+  assert out['angular_step']['separates'] is False
+  assert out['angular_step']['largest_surviving'] == out['angular_step']['smallest_collapsed']
   assert not [f for f in os.listdir(workdir) if f.endswith('.tmp')]
   # results.json / .md carry the runs' real-vs-theory summaries (here: fake values) per row.
   res = json.load(open(os.path.join(workdir, 'results.json')))
@@ -152,16 +158,16 @@ def test_lr_sweep_study_writes_the_real_network_beside_both_maps(tmp_path):
 
 
 def test_angular_step_separates_when_collapse_follows_lr_times_wd():
-  rows = [{'angular_step': lr_sweep.angular_step(lr, wd, 0.9), 'wd': wd, 'real_collapsed': collapsed}
+  rows = [{'angular_step': phase_map.angular_step(lr, wd, 0.9), 'wd': wd, 'real_collapsed': collapsed}
           for lr, wd, collapsed in ((0.2, 0.0, False), (0.1, 0.01, False), (0.05, 0.02, False), (0.2, 0.02, True),
                                     (0.1, 0.04, True), (0.3, 0.1, None))]  # the last one has no verdict yet
-  sep = lr_sweep.angular_separation(rows)
+  sep = phase_map.angular_separation(rows)
   # Without weight decay there is no equilibrium: a collapsed wd-0 row (step 0) does not count against it.
-  assert lr_sweep.angular_separation(rows + [{'angular_step': 0.0, 'wd': 0.0, 'real_collapsed': True}]) == sep
+  assert phase_map.angular_separation(rows + [{'angular_step': 0.0, 'wd': 0.0, 'real_collapsed': True}]) == sep
   assert sep['separates'] is True
   assert sep['largest_surviving'] == pytest.approx(math.sqrt(2 * 1e-3 / 1.9))
   assert sep['smallest_collapsed'] == pytest.approx(math.sqrt(2 * 4e-3 / 1.9))
-  assert lr_sweep.angular_separation(rows[:3])['separates'] is False  # nothing collapsed: nothing to separate
+  assert phase_map.angular_separation(rows[:3])['separates'] is False  # nothing collapsed: nothing to separate
 
 
 @pytest.mark.parametrize('change', [

@@ -59,7 +59,7 @@ def sweep_from_results(res: dict, configs: dict) -> dict | None:
   for row, s in settings.items():
     e = res['rows'][row]
     rows.append({'row': row, 'lr': s['lr'], 'wd': s['wd'], 'tau': s['tau'], 'steps': s['steps'],
-                 'eta': float(f'{s["wd"] / s["lr"]:.6g}'), 'angular_step': angular_step(s['lr'], s['wd'], momentum),
+                 'eta': float(f'{s["wd"] / s["lr"]:.6g}'), 'angular_step': phase_map.angular_step(s['lr'], s['wd'], momentum),
                  'theory': {m: dict(zip(('eta', 'beta'), phase_map.to_theory(s['wd'], s['tau'], s['lr'], momentum, m)))
                             for m in phase_map.MAPS},
                  'real_z_std_times_sqrt_d': e['z_std_times_sqrt_d']['mean'], 'real_collapsed': e['collapsed'],
@@ -68,24 +68,6 @@ def sweep_from_results(res: dict, configs: dict) -> dict | None:
            for m in phase_map.MAPS}
   return {'momentum': momentum, 'alpha_p': alpha_p, 'tau0': phase_map.MODE_TAU0[target_init],
           'beta': float(np.mean(betas)), 'etas': sorted({r['eta'] for r in rows}), 't_end': t_end, 'rows': rows}
-
-
-def angular_step(lr: float, wd: float, momentum: float) -> float:
-  """Radians per update of a scale-invariant weight (one behind BatchNorm) at the norm equilibrium of SGD with
-  momentum and weight decay: sqrt(2·lr·wd / (1 + m))."""
-  return math.sqrt(2.0 * lr * wd / (1.0 + momentum))
-
-
-def angular_separation(rows: list[dict]) -> dict:
-  """Whether the collapsed rows are exactly those above some angular step: the largest step of a surviving row
-  against the smallest of a collapsed one. Left out: rows without a real verdict, and rows without weight decay,
-  whose weight norm grows through the whole run (no equilibrium: their step shrinks as the norm grows)."""
-  judged = [r for r in rows if r['real_collapsed'] is not None and r['wd'] > 0]
-  alive = [r['angular_step'] for r in judged if not r['real_collapsed']]
-  dead = [r['angular_step'] for r in judged if r['real_collapsed']]
-  largest_alive, smallest_dead = (max(alive) if alive else None), (min(dead) if dead else None)
-  return {'largest_surviving': largest_alive, 'smallest_collapsed': smallest_dead,
-          'separates': bool(alive and dead and largest_alive < smallest_dead)}
 
 
 def _curve_lrs(sweep: dict) -> np.ndarray:
@@ -127,9 +109,7 @@ def summary(sweep: dict, theories: dict, study: str = '', collapse_rule: str = '
           'theory_mode': {'p0': phase_map.MODE_P0, 's0': phase_map.MODE_P0 ** 2, 'tau0': sweep['tau0']},
           'theory_collapse_rule': f's_j(t_end) < {phase_map.THEORY_COLLAPSE_S:g}',
           'real_collapse_rule': collapse_rule, 'agreement': agreement,
-          'angular_step': {'definition': 'sqrt(2 lr wd / (1 + momentum)), radians per update at the norm equilibrium; '
-                                         'separation over the rows with weight decay',
-                           **angular_separation(sweep['rows'])},
+          'angular_step': {'definition': phase_map.ANGULAR_STEP, **phase_map.angular_separation(sweep['rows'])},
           'rows': rows}
 
 

@@ -5,8 +5,9 @@ study.write_results calls `write`. When the study's rows form such a grid (`grid
                       cell, collapsed cells crossed, cells not run grey; then, per map below, log10 s_j(t_end)
                       of one theory mode over a continuous (eta, beta) grid, the runs' mapped points marked
                       by the real verdict, eta_c and the theory's collapse boundary;
-  phase_diagram.json  per cell: wd, tau, the real z_std·√d and verdict, and per map eta, beta, the theory's
-                      s_j(t_end), its verdict and whether the two agree.
+  phase_diagram.json  per cell: wd, tau, the angular step (below), the real z_std·√d and verdict, and per map
+                      eta, beta, the theory's s_j(t_end), its verdict and whether the two agree; and whether
+                      one threshold on the angular step separates the collapsed cells from the others.
 
 A grid: every row's run config is a BYOL run (stop-gradient on) with a gradient-trained linear predictor
 (`linear` or `linear_symmetric`: the one the ODE describes), constant lr and EMA rate, the predictor's
@@ -23,8 +24,10 @@ Two maps from a run to the theory (alpha_p = predictor.lr_mult and sigma2 = 0 in
          momentum m and the lr, so at a steady state one step moves the weights by lr / (1 - m) times the
          gradient flow's velocity, weight decay included: t = steps * lr / (1 - m), eta = wd,
          beta = (1 - tau_ema) (1 - m) / lr.
-tau_ema = 0 gives the largest beta of a map (the target equals the online network after every step). The
-maps place the runs; neither is a fit. Which one predicts the real network's collapse is a measurement
+tau_ema = 0 gives the largest beta of a map (the target equals the online network after every step). Beside the
+maps, a quantity neither holds: the angular step per update of a weight behind BatchNorm at its norm equilibrium,
+sqrt(2·lr·wd / (1 + m)) (byol_jax/study/lr_sweep.py says why; at one lr it grows with wd alone, so only an lr
+sweep tells it from eta). The maps place the runs; neither is a fit. Which one predicts the real network's collapse is a measurement
 (docs/study.md).
 
 The theory mode: p_j(0) = 0.4, s_j(0) = p_j(0)^2 (on the invariant parabola, c_j = 0: where weight decay
@@ -82,6 +85,28 @@ def to_theory(wd: float, tau: float, lr: float, momentum: float = 0.0, map_name:
   return wd, (1.0 - tau) * (1.0 - momentum) / lr
 
 
+ANGULAR_STEP = ('sqrt(2 lr wd / (1 + momentum)), radians per update at the norm equilibrium; '
+                'separation over the rows with weight decay')
+
+
+def angular_step(lr: float, wd: float, momentum: float) -> float:
+  """Radians per update of a scale-invariant weight (one behind BatchNorm) at the norm equilibrium of SGD with
+  momentum and weight decay: sqrt(2·lr·wd / (1 + m))."""
+  return math.sqrt(2.0 * lr * wd / (1.0 + momentum))
+
+
+def angular_separation(rows: list[dict]) -> dict:
+  """Whether the collapsed rows are exactly those above some angular step: the largest step of a surviving row
+  against the smallest of a collapsed one. Left out: rows without a real verdict, and rows without weight decay,
+  whose weight norm grows through the whole run (no equilibrium: their step shrinks as the norm grows)."""
+  judged = [r for r in rows if r['real_collapsed'] is not None and r['wd'] > 0]
+  alive = [r['angular_step'] for r in judged if not r['real_collapsed']]
+  dead = [r['angular_step'] for r in judged if r['real_collapsed']]
+  largest_alive, smallest_dead = (max(alive) if alive else None), (min(dead) if dead else None)
+  return {'largest_surviving': largest_alive, 'smallest_collapsed': smallest_dead,
+          'separates': bool(alive and dead and largest_alive < smallest_dead)}
+
+
 def theory_time(lr: float, steps: int, momentum: float = 0.0, map_name: str = 'paper') -> float:
   """The theory time a run of `steps` steps reaches, by one of MAPS."""
   return lr * steps if map_name == 'paper' else lr * steps / (1.0 - momentum)
@@ -115,6 +140,7 @@ def grid_from_results(res: dict, configs: dict) -> dict | None:
     e = res['rows'][row]
     mapped = {m: dict(zip(('eta', 'beta'), to_theory(s['wd'], s['tau'], lr, momentum, m))) for m in MAPS}
     cells.append({'row': row, 'wd': s['wd'], 'tau': s['tau'], 'theory': mapped,
+                  'angular_step': angular_step(lr, s['wd'], momentum),
                   'real_z_std_times_sqrt_d': e['z_std_times_sqrt_d']['mean'],
                   'real_seeds': e['z_std_times_sqrt_d']['n'], 'real_collapsed': e['collapsed'],
                   'real_state': real_state(e), 'real_verdict': e['verdict']})
@@ -215,6 +241,7 @@ def summary(grid: dict, theories: dict, study: str = '', collapse_rule: str = ''
       'theory_collapse_rule': f's_j(t_end) < {THEORY_COLLAPSE_S:g}',
       'real_collapse_rule': collapse_rule,
       'agreement': agreement,
+      'angular_step': {'definition': ANGULAR_STEP, **angular_separation(cells)},
       'cells': cells,
   }
 
@@ -253,10 +280,10 @@ def _real_panel(ax, grid: dict):
       dark = np.isfinite(z[i, j]) and z[i, j] < 0.6 * vmax
       ax.text(j, i, text, ha='center', va='center', fontsize=10, color='w' if dark else 'k')
   ax.set_xticks(range(len(wds)))
-  ax.set_xticklabels([f'{wd:g}' for wd in wds])
+  ax.set_xticklabels([f'{wd:g}\nθ {angular_step(grid["lr"], wd, grid["momentum"]):.3f}' for wd in wds])
   ax.set_yticks(range(len(taus)))
   ax.set_yticklabels([f'{tau:g}' for tau in taus])
-  ax.set_xlabel('weight decay (trunk and predictor)')
+  ax.set_xlabel('weight decay (trunk and predictor); θ: angular step sqrt(2·lr·wd / (1 + m))')
   ax.set_ylabel('EMA rate τ (constant)')
   ax.set_title(f'real network: x collapsed (z_std·√d < {collapse.Z_STD_THRESHOLD} or z eff. rank < '
                f'{collapse.Z_RANK_THRESHOLD}), grey not run', fontsize=10)
