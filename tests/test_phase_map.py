@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from byol_jax.study import lr_sweep, phase_map, plan as plan_lib, records, results
@@ -180,3 +181,12 @@ def test_lr_sweep_detection_needs_the_same_beta_and_theory_time(change):
     study = fake_study(rows)
     configs = {r: records.config_json(plan_lib.run_config(study, r, 0)) for r in rows}
     assert (lr_sweep.sweep_from_results(results.collect(study, '/nonexistent'), configs) is not None) == is_sweep
+
+
+def test_theory_mode_collapsing_faster_than_the_ema_reads_collapsed_not_nan():
+  # eta > beta: once s_j has gone, tau_j grows like exp((eta - beta) t) and overflows float32 well before
+  # t = 1500 (the optimizer's map of a 1500-step run); the mode must still read collapsed, not NaN.
+  s = phase_map.theory_s_end((0.375, 0.1, 0.0), (0.26919206,) * 3, 1500.0, 1.0, 0.1)  # a point that overflowed
+  assert np.isfinite(s).all()
+  assert s[0] < phase_map.THEORY_COLLAPSE_S            # above eta_c = 1/4: collapsed
+  assert s[1] > 0.5 and s[2] > 0.5                     # below it, from p_j(0) = 0.4: grown

@@ -186,15 +186,24 @@ def _solver():
 
 @functools.lru_cache(maxsize=8)
 def theory_s_end(etas: tuple, betas: tuple, t_end: float, alpha_p: float, tau0: float) -> np.ndarray:
-  """s_j(t_end) of the theory mode at each (eta, beta), one vmapped integration (read-only, cached)."""
+  """s_j(t_end) of the theory mode at each (eta, beta), one vmapped integration (read-only, cached).
+
+  Where a mode collapses with eta > beta, tau_j (the target's eigenvalue over the online one's) grows like
+  exp((eta - beta) t) once s_j has gone, and overflows float32 long before t_end: the solve turns NaN after
+  the collapse it was meant to show. So the solve also stops at checkpoints on a log scale, and a mode whose
+  s_j turns NaN reads its last finite s_j (already below THEORY_COLLAPSE_S wherever this was seen: s_j
+  only decays, at rate 2 eta, once p_j is gone)."""
   import jax.numpy as jnp
   from theory import ode
   g = len(etas)
   params = ode.ModeParams(jnp.full(g, alpha_p), jnp.asarray(etas), jnp.asarray(betas), jnp.full(g, SIGMA2),
                           jnp.zeros(g))
   state0 = ode.as_state(MODE_P0, MODE_P0 ** 2, tau0, 1)
-  ys = _solver()(state0, params, jnp.array([0.0, t_end]))
-  out = np.asarray(ys.s[:, -1, 0], np.float64)
+  times = np.concatenate([[0.0], t_end * np.geomspace(1e-3, 1.0, 10)])
+  s = np.asarray(_solver()(state0, params, jnp.asarray(times)).s[:, :, 0], np.float64)  # [g, times]
+  finite = np.isfinite(s)
+  last = finite.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1)  # the last finite checkpoint (t = 0 always is)
+  out = s[np.arange(g), last]
   out.flags.writeable = False  # cached: shared between callers
   return out
 
