@@ -24,11 +24,11 @@ Two maps from a run to the theory (alpha_p = predictor.lr_mult and sigma2 = 0 in
          momentum m and the lr, so at a steady state one step moves the weights by lr / (1 - m) times the
          gradient flow's velocity, weight decay included: t = steps * lr / (1 - m), eta = wd,
          beta = (1 - tau_ema) (1 - m) / lr.
-tau_ema = 0 gives the largest beta of a map (the target equals the online network after every step). Beside the
-maps, a quantity neither holds: the angular step per update of a weight behind BatchNorm at its norm equilibrium,
-sqrt(2·lr·wd / (1 + m)) (byol_jax/study/lr_sweep.py says why; at one lr it grows with wd alone, so only an lr
-sweep tells it from eta). The maps place the runs; neither is a fit. Which one predicts the real network's collapse is a measurement
-(docs/study.md).
+tau_ema = 0 gives the largest beta of a map (the target equals the online network after every step). The maps
+place the runs; neither is a fit. Which one predicts the real network's collapse is a measurement (docs/study.md).
+Beside the maps, a quantity neither holds: the angular step per update of a weight behind BatchNorm at its norm
+equilibrium, sqrt(2·lr·wd / (1 + m)) (byol_jax/study/lr_sweep.py says why; at one lr it grows with wd alone, so
+only an lr sweep tells it from eta).
 
 The theory mode: p_j(0) = 0.4, s_j(0) = p_j(0)^2 (on the invariant parabola, c_j = 0: where weight decay
 drives every mode, so the map needs no c_j we cannot measure), tau_j(0) = 0.1 when the target starts
