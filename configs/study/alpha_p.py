@@ -19,8 +19,9 @@ lr 0.1 no alpha_p collapsed (:short, one seed), so Fig. 6's rescue could not sho
 Time:     :short (400 steps, 12 runs): ~13 min on 2 CPU cores with --parallel=2; the default (2000 steps) ~21 min
           per run and core.
 Result:   default, seed 0 (and seed 1 of alpha_p 1, 10): no alpha_p collapses, alpha_p 1 included (probes
-          0.800-0.847); alpha_p scales W_p's eigenvalues, not the number of surviving modes. :short: every alpha_p ends at or below the collapse line,
-          the spread falling with alpha_p (Obs#2's effect, not Fig. 6's rescue); docs/study.md.
+          0.800-0.847); alpha_p scales W_p's eigenvalues, not the number of surviving modes. :short: every
+          alpha_p ends at or below the collapse line, the spread falling with alpha_p (Obs#2's effect, not Fig. 6's
+          rescue); docs/study.md.
 
 Rows:
   alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)
