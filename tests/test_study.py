@@ -293,6 +293,13 @@ def test_paired_differences_equal_a_paired_t_test():
   half = lambda n: stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)  # noqa: E731
   assert half(n) <= 0.01 and (n == 2 or half(n - 1) > 0.01)
   assert results.paired_difference({0: 0.5}, {0: 0.4})['verdict'] == 'not resolved at 1 seed'
+  # An interval that holds 0 and lies inside +-1 point reads equal; one that reaches past a point does not.
+  close = {k: v + 0.001 + 0.003 * rng.normal() for k, v in ref.items()}
+  got = results.paired_difference(close, ref)
+  assert -0.01 < got['ci95'][0] < 0 < got['ci95'][1] < 0.01 and got['verdict'] == 'equal within 1 point'
+  wide = {k: close[k] + (0.04 if k == 0 else 0.0) for k in close}
+  assert results.paired_difference(wide, ref)['ci95'][1] > 0.01
+  assert results.paired_difference(wide, ref)['verdict'] == 'not resolved at 8 seeds'
 
 
 def test_results_give_paired_differences_against_the_reference_row(reference_study):

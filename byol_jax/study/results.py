@@ -42,10 +42,17 @@ def seeds_to_resolve(std: float, half_width: float = 0.01, max_seeds: int = 1000
   return None
 
 
+EQUAL_WITHIN = 0.01  # one point of accuracy: the resolution the studies are sized for
+
+
 def paired_difference(values: dict, reference: dict) -> dict:
   """The paired difference row - reference over the seeds both have ({seed: value} each): mean, sample std,
-  95% t-interval, n, the verdict (ahead / behind / not resolved at n seeds) and the seeds that would resolve a
-  1-point (0.01) difference at the measured spread."""
+  95% t-interval, n, the verdict and the seeds that would resolve a 1-point (0.01) difference at the measured
+  spread.
+
+  The verdict: 'ahead' or 'behind' where the interval excludes 0; 'equal within 1 point' where it holds 0 and
+  lies inside +-1 point (an equivalence reading, conservative: each side excluded at 2.5%); otherwise 'not
+  resolved at n seeds'."""
   seeds = sorted(k for k in values if k in reference and values[k] is not None and reference[k] is not None)
   d = np.array([values[k] - reference[k] for k in seeds], np.float64)
   n = len(seeds)
@@ -57,7 +64,12 @@ def paired_difference(values: dict, reference: dict) -> dict:
   std = float(d.std(ddof=1))
   half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
   lo, hi = out['mean'] - half, out['mean'] + half
-  verdict = 'ahead' if lo > 0 else 'behind' if hi < 0 else f'not resolved at {n} seeds'
+  if lo > 0 or hi < 0:
+    verdict = 'ahead' if lo > 0 else 'behind'
+  elif -EQUAL_WITHIN < lo and hi < EQUAL_WITHIN:
+    verdict = 'equal within 1 point'
+  else:
+    verdict = f'not resolved at {n} seeds'
   out.update(std=std, ci95=[lo, hi], verdict=verdict, seeds_to_resolve_1pt=seeds_to_resolve(std))
   return out
 
@@ -119,8 +131,8 @@ def collect(study, workdir: str) -> dict:
                             'collapsed when most of its finished seeds are (byol_jax/study/collapse.py)'),
           'rows': rows, 'paired': paired,
           'paired_rule': ('difference of final linear probe top-1 (fractions) over the seeds both rows have: mean, '
-                          'sample std, 95% t-interval; ahead / behind when the interval excludes 0, else not '
-                          'resolved; seeds_to_resolve_1pt: paired seeds whose interval would be within +-0.01 at '
+                          'sample std, 95% t-interval; ahead / behind when the interval excludes 0, equal within 1 '
+                          'point when it holds 0 inside +-0.01, else not resolved; seeds_to_resolve_1pt: paired seeds whose interval would be within +-0.01 at '
                           'the measured std')}
 
 
@@ -182,7 +194,8 @@ def results_markdown(res: dict) -> str:
                  f'{_fmt(e["feature_effective_rank"], 1)} | {e["verdict"]} |')
   if res.get('paired'):
     lines += ['', 'Paired differences of the linear probe (row − reference, seed by seed, in points): mean ± sample '
-              'std, 95% t-interval, the verdict, and the paired seeds that would resolve a 1-point difference at '
+              'std, 95% t-interval, the verdict (ahead or behind: the interval excludes 0; equal within 1 point: it '
+              'holds 0 and lies inside ±1 point), and the paired seeds that would resolve a 1-point difference at '
               'this spread.', '',
               '| row − reference | n | mean ± std (points) | 95% interval | per seed | verdict | seeds for ±1 pt |',
               '|---|---|---|---|---|---|---|']
