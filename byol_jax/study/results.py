@@ -32,7 +32,10 @@ def t_quantile(q: float, df: int) -> float:
   return float(stats.t.ppf(q, df))
 
 
-def seeds_to_resolve(std: float, half_width: float = 0.01, max_seeds: int = 1000) -> int | None:
+ONE_POINT = 0.01  # one point of accuracy: the resolution the studies are sized for and the 'equal' margin
+
+
+def seeds_to_resolve(std: float, half_width: float = ONE_POINT, max_seeds: int = 1000) -> int | None:
   """The smallest number of paired seeds whose 95% t-interval is within +-half_width at this per-seed std."""
   if not std:
     return 2
@@ -40,9 +43,6 @@ def seeds_to_resolve(std: float, half_width: float = 0.01, max_seeds: int = 1000
     if t_quantile(0.975, n - 1) * std / math.sqrt(n) <= half_width:
       return n
   return None
-
-
-EQUAL_WITHIN = 0.01  # one point of accuracy: the resolution the studies are sized for
 
 
 def paired_difference(values: dict, reference: dict) -> dict:
@@ -64,9 +64,11 @@ def paired_difference(values: dict, reference: dict) -> dict:
   std = float(d.std(ddof=1))
   half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
   lo, hi = out['mean'] - half, out['mean'] + half
-  if lo > 0 or hi < 0:
-    verdict = 'ahead' if lo > 0 else 'behind'
-  elif -EQUAL_WITHIN < lo and hi < EQUAL_WITHIN:
+  if lo > 0:
+    verdict = 'ahead'
+  elif hi < 0:
+    verdict = 'behind'
+  elif -ONE_POINT < lo and hi < ONE_POINT:
     verdict = 'equal within 1 point'
   else:
     verdict = f'not resolved at {n} seeds'
@@ -132,8 +134,8 @@ def collect(study, workdir: str) -> dict:
           'rows': rows, 'paired': paired,
           'paired_rule': ('difference of final linear probe top-1 (fractions) over the seeds both rows have: mean, '
                           'sample std, 95% t-interval; ahead / behind when the interval excludes 0, equal within 1 '
-                          'point when it holds 0 inside +-0.01, else not resolved; seeds_to_resolve_1pt: paired seeds whose interval would be within +-0.01 at '
-                          'the measured std')}
+                          'point when it holds 0 inside +-0.01, else not resolved; seeds_to_resolve_1pt: paired '
+                          'seeds whose interval would be within +-0.01 at the measured std')}
 
 
 def _verdict(n_done, n_coll, n_div, seeds) -> str:

@@ -14,15 +14,15 @@ lets more modes escape collapse (Obs#1) but lets s_j grow less (Obs#2).
 4x the base's lr and 1/4 its weight decay (0.4 and 3.3e-4 on the default base, 0.4 and 1e-4 on :short):
 SimSiam's loss (the mean of two negative cosines) has 1/4 the gradient of BYOL's (the sum of two 2 - 2 cos),
 so at the same lr a SimSiam run moves 4x slower. So scaled, the SimSiam step (gradient x lr, and lr x weight
-decay) has the scale of the BYOL base's step with the target = online network (table3's `linear_sym,no_ema`, which collapses); at the base's
-lr 0.1 no alpha_p collapsed (:short, one seed), so Fig. 6's rescue could not show.
+decay) has the scale of the BYOL base's step with the target = online network (table3's `linear_sym,no_ema`,
+which collapses); at the base's lr 0.1 no alpha_p collapsed (:short, one seed), so Fig. 6's rescue could not
+show.
 Time:     :short (400 steps, 12 runs): ~13 min on 2 CPU cores with --parallel=2; the default (2000 steps) 15-21
           min per run and core.
 Result:   default, 3 seeds: no alpha_p collapses, alpha_p 1 included (0.818 +- 0.016; alpha_p 2-10 0.838-0.841,
           each +2 points over alpha_p 1, not resolved at 3 seeds); alpha_p scales W_p's eigenvalues, not the
-          number of surviving modes. :short: every
-          alpha_p ends at or below the collapse line, the spread falling with alpha_p (Obs#2's effect, not Fig. 6's
-          rescue); docs/study.md.
+          number of surviving modes. :short: every alpha_p ends at or below the collapse line, the spread
+          falling with alpha_p (Obs#2's effect, not Fig. 6's rescue); docs/study.md.
 
 Rows:
   alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)
