@@ -6,8 +6,8 @@ tau, alpha_p, eta_p, eps, rho) can train as one compiled program: the state of R
 leaf has a leading axis of R, the batch is R batches stacked (each run's own data order), and each run's values of
 the keys that differ become per-run arrays traced into the step. On a GPU a small network leaves most of the chip
 idle, so R runs together may cost little more than one (PureJaxRL); on XLA:CPU the convolutions become grouped
-convolutions and run slower (docs/benchmarks.md, "Runs batched with vmap"), so use this on a GPU only, where
-scripts/batched_runs_bench.py measures it.
+convolutions and run slower (docs/records/benchmarks_log_2026-11.md, "Runs batched with vmap"), so use this on a
+GPU only, where scripts/gpu/batched_runs_bench.py measures it.
 
 Nothing of the training step changes: the per-run function is byol_jax.step.train_step, with a copy of the
 config in which the differing keys hold the run's traced values, and the optimizer built from that copy by

@@ -14,14 +14,21 @@ from ml_collections import config_dict
 
 # The choice lists the implementations share (choices.py); importing them imports no JAX, so neither does
 # loading a config.
-from byol_jax.choices import (BACKBONES, CONV_IMPLS, MAX_POOL_IMPLS, PREDICTOR_KINDS, PROBE_SOLVERS, SOLVERS,
-                              STEMS)
+from byol_jax.choices import (BACKBONES, CONV_IMPLS, MAX_POOL_IMPLS, PADDINGS, PREDICTOR_KINDS, PROBE_SOLVERS,
+                              SOLVERS, STEMS)
 
 METHODS = ('byol', 'simsiam')
 IN_MEMORY_DATASETS = ('fashion_mnist', 'synthetic', 'image_folder')  # image_folder: data.path, a folder of images
 TFDS_DATASETS = ('stl10', 'cifar10', 'cifar100', 'imagenet2012')
 CENTRE_WITH = ('ema_mean', 'batch_mean')
 PRECISE_BN = ('untrained', 'always', 'never')
+# Training-set sizes, to refuse a batch larger than the dataset at validation (an epoch must hold a batch); an
+# image folder's is known only once read. STL-10: 'train' + 'unlabelled'. Synthetic: data.num_train, else the
+# size the data loader (features.load_data) uses.
+TRAIN_EXAMPLES = {'fashion_mnist': 60_000, 'cifar10': 50_000, 'cifar100': 50_000, 'stl10': 105_000,
+                  'imagenet2012': 1_281_167}
+SYNTHETIC_NUM_TRAIN = 512
+LARS_LR_APPLIED = ('before_momentum', 'after_momentum')  # optim.lars_lr_applied
 
 
 class ConfigError(ValueError):
@@ -64,15 +71,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stem = 'cifar'        # 'cifar' (3x3 conv, no max-pool), 'cifar_stride2' (3x3/2 conv) or 'imagenet'
   c.model.max_pool_impl = 'auto'  # ImageNet stem: 'taps' (GPUs), 'phases' (CPUs), 'xla' or 'auto'; same result
   c.model.conv_impl = 'auto'    # CPUs: 'native' (compiled conv kernels) or 'matmul_small'; 'xla'; 'auto'
+  # 'symmetric' (torchvision's) or 'same' (TensorFlow/Haiku's: one pixel less before than after at stride 2 on an
+  # even side; DeepMind's BYOL checkpoints need it, byol_jax.weights sets it on import)
+  c.model.padding = 'symmetric'
   c.model.projector_hidden = 512
   c.model.projector_dim = 128
   c.model.projector_bn_affine = False  # paper (STL/CIFAR): BatchNorm1d(affine=False); BYOL: True
+  c.model.projector_output_bias = True  # the projector's last Linear has a bias (the paper's code: nn.Linear); BYOL: no
+  # The last BatchNorm of each residual block starts with scale 0, so each block starts as its shortcut (BYOL's
+  # Haiku ResNet, in its bottleneck blocks; Goyal et al. 2017); False: scale 1 (torchvision, the paper's code).
+  c.model.zero_init_last_bn_scale = False
 
   c.predictor = ml_collections.ConfigDict()
   c.predictor.kind = 'mlp'      # mlp | linear | linear_symmetric | directpred | directcopy | none
   c.predictor.hidden = 512      # mlp only
   c.predictor.bn_affine = False  # mlp only
-  c.predictor.use_bias = False  # linear and linear_symmetric
+  c.predictor.use_bias = False  # linear and linear_symmetric (the mlp's output layer: predictor.output_bias)
+  c.predictor.output_bias = True  # mlp only: its output Linear has a bias (the paper's code); BYOL: no
   c.predictor.lr_mult = 1.0     # alpha_p: predictor lr / trunk lr
   c.predictor.weight_decay = config_dict.placeholder(float)  # eta_p; None: same as optim.weight_decay
   c.predictor.rho = 0.3         # DirectPred: F <- rho F + (1 - rho) E_B[f f^T]
@@ -85,7 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
   # centre=True: 'ema_mean' (the reference's zero-mean option): F = EMA(M) - m m^T with m the EMA of the batch
   # means; 'batch_mean': the EMA of per-batch covariances (smaller by the covariance of the batch means).
   c.predictor.centre_with = 'ema_mean'
-  c.predictor.solver = 'eigh'   # DirectPred/DirectCopy: 'eigh' (exact) or 'newton_schulz' (no eigh; GPU-fast)
+  # DirectPred/DirectCopy: 'eigh' (exact), 'newton_schulz' (no eigh; GPU-fast) or 'general' (the reference code's
+  # float32 non-symmetric solver, torch.eig's LAPACK sgeev, on the host: spectral.directpred_predictor_general)
+  c.predictor.solver = 'eigh'
+  c.predictor.projection_threshold = 0.0  # DirectPred: > 0 sets p_j = 1 where s_j / s_max >= it, eps below
 
   c.ema = ml_collections.ConfigDict()
   c.ema.tau_base = 0.996        # target <- tau target + (1 - tau) online
@@ -94,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.symmetric = True       # both views predict each other; False: view 1 predicts view 2 only
+  # IsoLoss (Halvagal et al. 2023): the predictor's input gets the loss's gradient at the prediction, without
+  # W_p^T's per-mode factor (losses.isotropic_term). Linear predictors (SGD or DirectPred) only.
+  c.loss.isoloss = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'          # 'sgd' (momentum) or 'lars'
@@ -105,6 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.schedule = 'constant'  # 'constant' or 'warmup_cosine'
   c.optim.warmup_steps = 0
   c.optim.lars_trust_coefficient = 1e-3
+  # LARS: where the learning rate scales the update. 'before_momentum' (optax.lars): momentum sums lr-scaled
+  # updates; 'after_momentum' (BYOL's code): lr times the momentum of unscaled updates. Equal at a constant lr.
+  c.optim.lars_lr_applied = 'before_momentum'
 
   c.eval = ml_collections.ConfigDict()
   c.eval.online_probe_lr = 0.1  # the online probe on stop-gradient features, trained with SGD
@@ -136,11 +160,12 @@ def base_config() -> ml_collections.ConfigDict:
 def set_cpu_devices(config) -> int | None:
   """Splits the CPU into `train.cpu_devices` JAX devices before JAX starts (0: automatic, below).
 
-  Automatic: one device per core (at most 2) when each device gets at least 64 images of a view, else one device
-  whose compiled kernels and XLA operations use every core: below that each device's operations are too small
-  and every BatchNorm waits on the other device, and more devices than cores are slower (the timings are in
-  docs/benchmarks.md). The update is one function over the global batch whatever the device count (BatchNorm
-  statistics, gradients and F are reduced over all devices). Entry points call this before any JAX computation.
+  Automatic: one device per core (at most 2) when each device gets at least 64 images of a view and the count
+  divides the batch, else one device whose compiled kernels and XLA operations use every core: below that each
+  device's operations are too small and every BatchNorm waits on the other device, and more devices than cores
+  are slower (the timings are in docs/benchmarks.md). The update is one function over the global batch whatever
+  the device count (BatchNorm statistics, gradients and F are reduced over all devices). Entry points call this
+  before any JAX computation.
   It does nothing when XLA_FLAGS already sets --xla_force_host_platform_device_count (the tests' 8 devices), or
   once JAX's backends exist. Accelerators are unaffected: their devices are not CPU devices. Returns the count
   set, or None.
@@ -152,7 +177,8 @@ def set_cpu_devices(config) -> int | None:
   requested = config.train.cpu_devices
   _check(requested >= 0, _cpu_devices_message(requested))
   cores = max(1, min(2, native.cpu_cores()))
-  count = requested or (cores if config.train.batch_size // cores >= 64 else 1)
+  batch = config.train.batch_size
+  count = requested or (cores if batch % cores == 0 and batch // cores >= 64 else 1)
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:  # JAX already runs (a test, a notebook): keep its devices
@@ -239,6 +265,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f'of {c.train.batch_size}')
   _check(c.data.name in IN_MEMORY_DATASETS + TFDS_DATASETS,
          _choose('data.name', c.data.name, IN_MEMORY_DATASETS + TFDS_DATASETS))
+  num_train = ((c.data.num_train or SYNTHETIC_NUM_TRAIN) if c.data.name == 'synthetic' else
+               TRAIN_EXAMPLES.get(c.data.name))
+  _check(num_train is None or c.train.batch_size <= num_train,
+         f'train.batch_size={c.train.batch_size} is larger than the {c.data.name} training set ({num_train} images): '
+         f'set --config.train.batch_size to at most {num_train}'
+         + (f', or --config.data.num_train to at least {c.train.batch_size}' if c.data.name == 'synthetic' else ''))
   _check(c.data.image_size > 0, _positive('data.image_size', c.data.image_size, 'the side of the crops in pixels'))
   _check(c.data.name != 'image_folder' or bool(c.data.path),
          'data.name=image_folder needs --config.data.path=<a folder of PNG or JPEG images>')
@@ -248,6 +280,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          _choose('model.max_pool_impl', c.model.max_pool_impl, MAX_POOL_IMPLS, 'all compute the same function'))
   _check(c.model.conv_impl in CONV_IMPLS,
          _choose('model.conv_impl', c.model.conv_impl, CONV_IMPLS, 'all compute the same function'))
+  _check(c.model.padding in PADDINGS,
+         _choose('model.padding', c.model.padding, PADDINGS, "'same' for networks trained in TensorFlow or Haiku"))
   p = c.predictor
   _check(p.freq >= 1, f'predictor.freq={p.freq} must be >= 1; set --config.predictor.freq=1 to reset W_p every '
          'step, or n for every n steps')
@@ -257,7 +291,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          f'predictor.eps={p.eps} < 0 only makes sense with eps inside the root (the c_j ablation): add '
          '--config.predictor.eps_inside=True, or set --config.predictor.eps >= 0')
   _check(p.centre_with in CENTRE_WITH, _choose('predictor.centre_with', p.centre_with, CENTRE_WITH))
+  _check(not (p.kind == 'mlp' and p.use_bias),
+         "predictor.use_bias=True does not reach the 2-layer predictor (kind 'mlp'): its output layer's bias is "
+         '--config.predictor.output_bias (True by default); drop --config.predictor.use_bias')
   _check(p.solver in SOLVERS, _choose('predictor.solver', p.solver, SOLVERS))
+  _check(not c.loss.isoloss or p.kind in ('linear', 'linear_symmetric', 'directpred', 'directcopy'),
+         f'loss.isoloss=True needs a linear predictor (IsoLoss removes W_p from the gradient), not '
+         f'predictor.kind={p.kind!r}: set --config.predictor.kind=directpred (or linear, linear_symmetric)')
+  _check(not c.loss.isoloss or c.stop_gradient,
+         'loss.isoloss=True needs the stop-gradient on the target: drop --config.stop_gradient=False')
+  _check(0.0 <= p.projection_threshold < 1.0,
+         f'predictor.projection_threshold={p.projection_threshold} must be in [0, 1): the fraction of s_max '
+         'above which a mode of F gets p_j = 1 (0: the power rule p = s^(1/c) + eps)')
   _check(p.lr_mult >= 0, f'predictor.lr_mult={p.lr_mult} (alpha_p) must be >= 0; set --config.predictor.lr_mult')
   _check(p.weight_decay is None or p.weight_decay >= 0,
          f'predictor.weight_decay={p.weight_decay} must be >= 0; set --config.predictor.weight_decay')
@@ -267,6 +312,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(c.ema.target_init in ('copy', 'independent'),
          _choose('ema.target_init', c.ema.target_init, ('copy', 'independent')))
   _check(c.optim.name in ('sgd', 'lars'), _choose('optim.name', c.optim.name, ('sgd', 'lars')))
+  _check(c.optim.lars_lr_applied in LARS_LR_APPLIED,
+         _choose('optim.lars_lr_applied', c.optim.lars_lr_applied, LARS_LR_APPLIED,
+                 "'after_momentum' is BYOL's LARS; the two are equal at a constant lr"))
   _check(c.optim.schedule in ('constant', 'warmup_cosine'),
          _choose('optim.schedule', c.optim.schedule, ('constant', 'warmup_cosine')))
   _check(c.optim.lr > 0, _positive('optim.lr', c.optim.lr, 'the base learning rate'))

@@ -6,47 +6,48 @@ Writes `features` [N, D] (float32) and `labels` [N] (int32), for evaluating them
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 
 from byol_jax import cli
 
-flags.DEFINE_string('workdir', None, 'A training run directory (holds config.json and checkpoints/).')
-flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Which split to embed.')
-flags.DEFINE_string('out', None, 'Output .npz path.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags, defined only when it runs: `embed` is also a library function (weights.py, tests), and
+  importing it must not claim --workdir in a process that defines its own."""
+  flags.DEFINE_string('workdir', None, 'A training run directory (holds config.json and checkpoints/).')
+  flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Which split to embed.')
+  flags.DEFINE_string('out', None, 'Output .npz path.')
 
 
 def embed(workdir: str, split: str):
   import jax
-  from byol_jax import checkpoint, config as config_lib, optim, state as state_lib, step as step_lib, train
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f'{config_path} not found: --workdir must be a byol_jax training run directory')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  # JSON turns tuples into lists; the augmentation config is not used for embedding.
-  config = config_lib.finalize(config)
+  from byol_jax import checkpoint, config as config_lib, features, optim, rundir, state as state_lib, step as step_lib
+  if not os.path.exists(os.path.join(workdir, rundir.CONFIG)):
+    raise FileNotFoundError(f'{os.path.join(workdir, rundir.CONFIG)} not found: --workdir must be a byol_jax '
+                            'training run directory')
+  config = config_lib.finalize(rundir.load_config(workdir))
   mesh = step_lib.make_mesh(config.train.num_devices)
   config.eval.num_train = 0  # embed the whole split
-  data, info = train.load_data(config)
+  data, info = features.load_data(config)
   tx = optim.make_optimizer(config)
   in_channels = data['train'][0].shape[-1] if data is not None else 3
   networks, state = state_lib.build(config, in_channels=in_channels, num_classes=info['num_classes'], tx=tx)
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, rundir.CHECKPOINTS))
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
   state = ckpt.restore(state)
-  feature_fn = train.make_feature_fn(config, networks, info)
+  feature_fn = features.make_feature_fn(config, networks, info)
   bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
-  features, labels, _ = train.extract_features(feature_fn, state, train.eval_batches(config, data, split, bs), mesh)
-  return features.astype(np.float32), labels.astype(np.int32), int(jax.device_get(state.step))
+  feats, labels, _ = features.extract_features(feature_fn, state, features.eval_batches(config, data, split, bs),
+                                               mesh)
+  return feats.astype(np.float32), labels.astype(np.int32), int(jax.device_get(state.step))
 
 
 def main(argv):
@@ -64,4 +65,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)  # no --config: the run's config.json

@@ -32,6 +32,9 @@ Config fields read by `evaluate_features` (e.g. an ml_collections ConfigDict; al
   knn_k               int    number of neighbours (common SSL kNN monitor: 200)
   knn_temperature     float | None  vote weight exp(sim / T) (common: 0.07); None = majority vote
 Optional: probe_seed (int, default 0; adam only).
+
+As a command, the evaluation protocols on a run's checkpoint (frozen, knn, linear, finetune, semi):
+  python -m byol_jax.evaluate --workdir=DIR --protocol=NAME   (byol_jax/protocols.py)
 """
 from __future__ import annotations
 
@@ -365,3 +368,13 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, config
   if "iterations" in probe:  # lbfgs: how the fit ended, to see it converged
     out.update(linear_probe_iterations=probe["iterations"], linear_probe_grad_norm=probe["grad_norm"])
   return out
+
+
+# ----------------------------------------------------------------------------------------------------------- command
+
+if __name__ == '__main__':  # python -m byol_jax.evaluate --workdir=DIR --protocol=NAME (byol_jax/protocols.py)
+  from absl import app
+
+  from byol_jax import cli, protocols
+  protocols.define_flags()
+  app.run(protocols.main, flags_parser=cli.parse_flags)

@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one JSON object per record), TensorBoard events, the progress bar."""
+"""Run outputs as they are written: metrics.jsonl (one JSON object per record), TensorBoard events, the progress
+bar. Reading them back: byol_jax/rundir.py."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,9 @@ import math
 import os
 
 import numpy as np
+
+from byol_jax import rundir
+from byol_jax.rundir import read_metrics  # noqa: F401  (read here by notebooks and tests)
 
 
 def _jsonable(v):
@@ -24,7 +28,7 @@ class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, rundir.METRICS)
     self.writer = None
     if not enabled:
       return
@@ -35,7 +39,7 @@ class MetricsLog:
     os.replace(tmp, self.path)
     try:
       from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step or None)
+      self.writer = SummaryWriter(os.path.join(workdir, rundir.TENSORBOARD), purge_step=resume_step or None)
     except ImportError:  # TensorBoard output is optional
       self.writer = None
 
@@ -54,13 +58,6 @@ class MetricsLog:
   def close(self):
     if self.writer is not None:
       self.writer.close()
-
-
-def read_metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

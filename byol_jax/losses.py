@@ -1,6 +1,7 @@
 """The non-contrastive losses. The caller places the stop-gradient (it is an ablation switch)."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -32,3 +33,27 @@ def symmetric_loss(p1, p2, z1, z2, method: str, symmetric: bool = True):
   if symmetric:
     return -0.5 * (cosine(p1, z2) + cosine(p2, z1))
   return -cosine(p1, z2)
+
+
+def ssl_loss(p1, p2, t1, t2, z, method: str, symmetric: bool = True, isoloss: bool = False):
+  """The batch mean of `symmetric_loss`; with `isoloss`, plus `isotropic_term` (z = [z1; z2], the predictor's
+  input, from which the caller computed p = [p1; p2] under stop-gradient)."""
+  def mean_loss(p1, p2):
+    return jnp.mean(symmetric_loss(p1, p2, t1, t2, method, symmetric))
+  loss = mean_loss(p1, p2)
+  if isoloss:
+    loss = loss + isotropic_term(z, jnp.concatenate(jax.grad(mean_loss, (0, 1))(p1, p2)))
+  return loss
+
+
+def isotropic_term(z, grad_p):
+  """IsoLoss's correction (Halvagal, Laborieux & Zenke 2023, "Implicit variance regularization in
+  non-contrastive SSL"): zero in value, with gradient `grad_p` with respect to z.
+
+  With p = W_p z the loss sends dL/dz = W_p^T dL/dp to the predictor's input: in W_p's eigenbasis every mode's
+  gradient is multiplied by its predictor eigenvalue p_j, which holds back the small modes (the paper's
+  implicit variance regularisation). IsoLoss removes that factor. The step computes p from stop_gradient(z)
+  (so the predictor still learns from the loss and z gets nothing through W_p) and adds this term, so that z
+  receives dL/dp itself. `grad_p` is dL/dp at the current p (the caller's jax.grad), under stop-gradient.
+  """
+  return jnp.sum((z - jax.lax.stop_gradient(z)).astype(jnp.float32) * jax.lax.stop_gradient(grad_p))

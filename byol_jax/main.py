@@ -1,12 +1,14 @@
 """Command line: python -m byol_jax.main --config=configs/<name>.py --workdir=<dir> [--config.a.b=v ...]
 
-With no --config it runs configs/fashion_mnist.py (BYOL, small ResNet, Fashion-MNIST, CPU-sized).
+With no --config it runs configs/fashion_mnist.py (BYOL, small ResNet, Fashion-MNIST, CPU-sized);
+--config=configs/run.py:DIR runs the config a run directory holds (its config.json), as a study's launchers do.
 Multi-host: on TPU pods and SLURM jax.distributed finds its peers from the environment; elsewhere pass
 --coordinator_address, --num_processes and --process_id.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -37,7 +39,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax and jax log every checkpoint at INFO; keep the terminal readable
     logging.set_verbosity(logging.WARNING)
   import jax
-  from byol_jax import config as config_lib, train
+  from byol_jax import config as config_lib, rundir, train
   try:
     config_lib.set_cpu_devices(FLAGS.config)  # before JAX starts
     distributed = FLAGS.distributed if FLAGS.distributed is not None else _in_cluster()
@@ -45,11 +47,14 @@ def main(argv):
       jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     summary = train.run(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, FileNotFoundError, train.TrainingDiverged) as e:
+  except (config_lib.ConfigError, rundir.RunDirError, FileNotFoundError, train.TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:  # Ctrl-C while starting up, or during the final evaluation (which then finished)
+    print('stopped by Ctrl-C; run the same command to resume', file=sys.stderr)
+    sys.exit(130)
   if summary.get('preempted'):
-    sys.exit(0)
+    sys.exit(130 if summary.get('signal') == signal.SIGINT else 0)  # the shell's status for Ctrl-C
 
 
 if __name__ == '__main__':

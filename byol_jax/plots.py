@@ -1,5 +1,5 @@
 """PNG plots of a run, drawn from its metrics.jsonl: loss, probe accuracy, spectra of F and W_p, and (for
-linear-type predictors) the spectra beside the theory (byol_jax/study/real_vs_theory.py: real_vs_theory.png/.json)."""
+linear-type predictors) the spectra beside the theory (byol_jax/real_vs_theory.py: real_vs_theory.png/.json)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from byol_jax.study import real_vs_theory  # noqa: E402
+from byol_jax import real_vs_theory  # noqa: E402
 
 
 def _series(records, key):

@@ -56,27 +56,68 @@ def update_correlation(corr: jax.Array, batch_corr: jax.Array, count: jax.Array,
 
 
 def directpred_eigenvalues(s: jax.Array, eps: float, power: float = 2.0,
-                           eps_inside: bool = False) -> jax.Array:
+                           eps_inside: bool = False, projection: float = 0.0) -> jax.Array:
   """Predictor eigenvalues p_j from eigenvalues s_j of F (the reference's `boost_scale`).
 
   s~_j = max(s_j, 0) / max_k s_k;  eps outside: p_j = max(s~_j^(1/c) + eps, 1e-4);
   eps inside: p_j = max(s~_j + eps, 1e-4)^(1/c) (eps may then be negative: the c_j ablation).
   `power` is c: 2 is DirectPred's square root, 1 is DirectCopy-like (p linear in s).
+  `projection` > 0 replaces the power rule by a projection onto F's live modes: p_j = 1 where
+  s~_j >= projection, eps below (the flat spectrum an SGD-trained linear predictor settles near here).
   """
   s = jnp.maximum(s, 0.0)
   s_norm = s / jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
+  if projection > 0:
+    return jnp.where(s_norm >= projection, 1.0, jnp.maximum(eps, MIN_EIGENVALUE)).astype(s.dtype)
   if eps_inside:
     return jnp.maximum(s_norm + eps, MIN_EIGENVALUE) ** (1.0 / power)
   return jnp.maximum(s_norm ** (1.0 / power) + eps, MIN_EIGENVALUE)
 
 
 def directpred_predictor(corr: jax.Array, eps: float, power: float = 2.0,
-                         eps_inside: bool = False) -> jax.Array:
+                         eps_inside: bool = False, projection: float = 0.0) -> jax.Array:
   """W_p = U diag(p) U^T from the eigendecomposition F = U diag(s) U^T. Symmetric, so x @ W == W x."""
   corr = 0.5 * (corr + corr.T)
   s, u = jnp.linalg.eigh(corr)
-  p = directpred_eigenvalues(s, eps, power, eps_inside)
+  p = directpred_eigenvalues(s, eps, power, eps_inside, projection)
   return (u * p) @ u.T
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference's eigensolver. luckmatters decomposes F with `torch.eig`: LAPACK's general
+# (non-symmetric) float32 solver sgeev, keeping the real parts of the eigenvalues and the
+# eigenvectors in LAPACK's real layout (a complex pair j, j+1 stores Re v in column j and Im v in
+# column j+1). On F's live modes it agrees with eigh to float32 round-off; on the near-zero modes
+# of a dimensionally collapsed F round-off makes F slightly non-normal to the solver, which returns
+# complex pairs and non-orthogonal vectors, so U diag(p) U^T there is not eps times a projector.
+# byol_jax runs sgeev on the host (scipy's LAPACK binding) through a callback: exact on every
+# backend, but on a GPU or TPU each step then waits for the host.
+# ---------------------------------------------------------------------------------------------
+
+
+def _sgeev_real_layout(a):
+  import numpy as np
+  from scipy.linalg import lapack
+  wr, _, _, vr, info = lapack.sgeev(np.asarray(a, np.float32), compute_vl=0, compute_vr=1)
+  if info != 0:  # never seen on a finite matrix; non-finite F makes the run diverge anyway
+    wr = np.full(a.shape[0], np.nan, np.float32)
+  return wr.astype(np.float32), vr.astype(np.float32)
+
+
+def general_eig(corr: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(real parts of F's eigenvalues, eigenvectors in LAPACK's real layout), unsorted, from float32
+  sgeev as torch.eig returned them. F is passed as it is (not symmetrised), as the reference does."""
+  d = corr.shape[0]
+  shapes = (jax.ShapeDtypeStruct((d,), jnp.float32), jax.ShapeDtypeStruct((d, d), jnp.float32))
+  return jax.pure_callback(_sgeev_real_layout, shapes, corr.astype(jnp.float32), vmap_method='sequential')
+
+
+def directpred_predictor_general(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
+                                 projection: float = 0.0) -> jax.Array:
+  """`directpred_predictor` with the reference's general eigensolver: W_p = Q diag(p(Re s)) Q^T."""
+  s, q = general_eig(corr)
+  p = directpred_eigenvalues(s, eps, power, eps_inside, projection)
+  return (q * p) @ q.T
 
 
 def directcopy_predictor(corr: jax.Array, eps: float) -> jax.Array:
@@ -141,7 +182,7 @@ def spectral_stats(corr: jax.Array, w_p: jax.Array) -> dict[str, jax.Array]:
 # ---------------------------------------------------------------------------------------------
 
 # Newton-Schulz products in float32 at HIGHEST precision: on an H100 at d = 256 a W_p then costs ~1/10 of eigh
-# (scripts/ns_check.py measures it); XLA's BF16_BF16_F32_X6 tensor-core products are slower, and
+# (scripts/checks/newton_schulz.py measures it); XLA's BF16_BF16_F32_X6 tensor-core products are slower, and
 # BF16_BF16_F32_X3 too inaccurate (1e-3 error, a failed root on a rank-deficient F).
 _HI = jax.lax.Precision.HIGHEST
 
@@ -159,9 +200,9 @@ TOP_EIGENVALUE_ITERS = 11
 # mode in that range to relative error <= 3e-5 (interval bound); plain Newton-Schulz needs ~20 for the same
 # floor (t = sigma^2 only grows by 9/4 per step when small). Modes below the floor grow by ~2.47x (sigma)
 # per step and are partly converged (s = 1e-7: 0.68 sqrt(s), s = 1e-8: 0.25 sqrt(s); absolute error
-# < 1e-4). Against float32 eigh (tests/test_spectral_fast.py, scripts/ns_check.py: d = 128, 256; log-uniform 1..1e-6 and
-# 1..1e-8, power law, rank 1/2 and 1/4 with exact zeros, top pair 1e-5 apart; eps = 0, 0.01, 0.1):
-# relative Frobenius error <= 6.7e-4 at eps = 0 (rank deficient) and <= 1.5e-4 at full rank, about the
+# < 1e-4). Against float32 eigh (tests/test_spectral_fast.py, scripts/checks/newton_schulz.py: d = 128, 256;
+# log-uniform 1..1e-6 and 1..1e-8, power law, rank 1/2 and 1/4 with exact zeros, top pair 1e-5 apart; eps = 0,
+# 0.01, 0.1): relative Frobenius error <= 6.7e-4 at eps = 0 (rank deficient) and <= 1.5e-4 at full rank, about the
 # error of float32 eigh itself against float64. Not more than 10: Z -> A^(-1/2) grows on negative
 # round-off eigenvalues of F, and more iterations make the root diverge on smaller ones (10: fine down
 # to -1e-7 lambda_max, 1e-2 error at -1e-6, divergence below ~-2e-6; 12 diverged on some rank-deficient
@@ -303,14 +344,15 @@ def predictor_weights(corr: jax.Array, eps: float, power: float = 2.0, eps_insid
   the eigh-free path (`directpred_predictor_fast`) for power in {1, 2} with eps outside the root;
   other options use eigh. For power 2 it also checks the root (one more matmul) and, if that check
   fails (non-finite, or residual above NS_RESIDUAL_TOL: F with a clearly negative eigenvalue),
-  computes the eigh result instead via lax.cond (only one branch runs).
+  computes the eigh result instead via lax.cond (only one branch runs). solver 'general': the
+  reference's float32 general eigensolver on the host (`directpred_predictor_general`).
   `power`, `eps_inside` and `solver` must be static Python values; `eps` may be traced.
   """
   return predictor_weights_and_ok(corr, eps, power, eps_inside, solver)[0]
 
 
 def predictor_weights_and_ok(corr: jax.Array, eps: float, power: float = 2.0, eps_inside: bool = False,
-                             solver: str = 'eigh', fallback: jax.Array | None = None
+                             solver: str = 'eigh', fallback: jax.Array | None = None, projection: float = 0.0
                              ) -> tuple[jax.Array, jax.Array]:
   """`predictor_weights` and whether the Newton-Schulz root passed its check (always True for eigh).
   With `fallback` (the training step passes the current W_p) a failed root returns it (jnp.where, no
@@ -318,8 +360,10 @@ def predictor_weights_and_ok(corr: jax.Array, eps: float, power: float = 2.0, ep
   for its predicate every step."""
   if solver not in SOLVERS:
     raise ValueError(f'unknown predictor solver {solver!r}; expected one of {SOLVERS}')
-  if solver == 'eigh' or eps_inside or power not in (1, 2):
-    return directpred_predictor(corr, eps, power, eps_inside), jnp.array(True)
+  if solver == 'general':
+    return directpred_predictor_general(corr, eps, power, eps_inside, projection), jnp.array(True)
+  if solver == 'eigh' or eps_inside or power not in (1, 2) or projection > 0:
+    return directpred_predictor(corr, eps, power, eps_inside, projection), jnp.array(True)
   w, ok = _fast_predictor(corr, eps, power, eps_inside, NS_ITERS, TOP_EIGENVALUE_ITERS)
   if fallback is not None:
     return jnp.where(ok, w, fallback.astype(w.dtype)), ok

@@ -51,7 +51,8 @@ def predictor_from_corr(corr, config, current):
     if p.solver == 'eigh':
       return spectral.directcopy_predictor(corr, p.eps), jnp.array(True)
     return spectral.predictor_weights_and_ok(corr, p.eps, 1.0, False, solver=p.solver, fallback=current)
-  return spectral.predictor_weights_and_ok(corr, p.eps, p.power, p.eps_inside, solver=p.solver, fallback=current)
+  return spectral.predictor_weights_and_ok(corr, p.eps, p.power, p.eps_inside, solver=p.solver, fallback=current,
+                                          projection=p.projection_threshold)
 
 
 def make_views(batch, step, config, mean, std):
@@ -83,10 +84,12 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
   compute_dtype = jnp.bfloat16 if config.train.compute_dtype == 'bfloat16' else jnp.float32
   views = jnp.concatenate([v1.astype(compute_dtype), v2.astype(compute_dtype)], axis=0)  # the stem casts anyway
 
+  isotropic = config.loss.isoloss  # IsoLoss: z gets dL/dp, not W_p^T dL/dp (losses.isotropic_term)
+
   def online_forward(params, stats):
     def fn(m):
       features, z = m.tower(views)
-      return features, z, m.predictor(z)
+      return features, z, m.predictor(jax.lax.stop_gradient(z) if isotropic else z)
     (features, z, p), stats = _apply(networks.online_train, params, stats, fn)
     return features, z, p, stats
 
@@ -103,7 +106,7 @@ def train_step(state: TrainState, batch, *, config, networks: Networks, tx: opta
       t1, t2 = z1, z2
       if config.stop_gradient:
         t1, t2 = jax.lax.stop_gradient((t1, t2))
-    ssl_loss = jnp.mean(losses.symmetric_loss(p1, p2, t1, t2, config.method, config.loss.symmetric))
+    ssl_loss = losses.ssl_loss(p1, p2, t1, t2, z, config.method, config.loss.symmetric, isotropic)
     # Online probe on stop-gradient features of view 1 (unlabelled examples have label < 0).
     logits = nnx.merge(networks.online_train, params, state.batch_stats).probe(
         jax.lax.stop_gradient(features[:n]))

@@ -1,7 +1,7 @@
 """The switch language of the paper's ablations: `linear_sym,no_ema,wd4e-3` -> changes to a config.
 
 configs/stl10.py and configs/cifar10.py take switches as their argument (`--config=configs/stl10.py:linear,no_ema`)
-and a study's rows are switches applied to its base (byol_jax/study/plan.py). Comma-separated, applied left to
+and a study's rows are switches applied to its base (docs/study.md). Comma-separated, applied left to
 right:
   directpred | directcopy | linear | linear_sym | mlp | none    predictor.kind
   bias          linear predictor with bias
@@ -14,6 +14,10 @@ right:
   centre        DirectPred on the covariance of f               seed<n>    the seed
   epochs<n>     n epochs (what an epoch is, the caller decides: `apply_ablations`, or a study's n/100 of its base)
   lr<x>         learning rate x (trunk; the predictor's is alphap times it)
+  power<c>      DirectPred's c in p = s^(1/c) + eps            proj<x>    DirectPred as a projection: p = 1 where
+                                                               s / s_max >= x, eps below
+  general       DirectPred/DirectCopy with the reference's general (non-symmetric) eigensolver
+  isoloss       IsoLoss (Halvagal et al. 2023): z gets the loss's gradient without W_p^T (linear predictors)
 Imports nothing but the standard library, so loading a config stays free of JAX.
 """
 
@@ -32,7 +36,7 @@ def apply_switches(c, arg):
   """Applies the comma-separated switches of `arg` (see the module docstring) to c, left to right.
 
   Returns the number of epochs asked for by an `epochs<n>` switch, or None; the caller decides what an
-  epoch is (apply_ablations: n passes over the data; byol_jax.study: n/100 of the study's base steps).
+  epoch is (apply_ablations: n passes over the data; a study: n/100 of the study's base steps).
   Raises ValueError naming an unknown or malformed switch."""
   epochs = None
   for t in [t.strip() for t in (arg or '').split(',') if t.strip()]:
@@ -57,6 +61,14 @@ def apply_switches(c, arg):
       c.predictor.cumulative_mean = True
     elif t == 'centre':
       c.predictor.centre = True
+    elif t == 'isoloss':
+      c.loss.isoloss = True
+    elif t == 'general':
+      c.predictor.solver = 'general'
+    elif t.startswith('power'):
+      c.predictor.power = _number(t, 'power')
+    elif t.startswith('proj'):
+      c.predictor.projection_threshold = _number(t, 'proj')
     elif t.startswith('rho'):
       c.predictor.rho = _number(t, 'rho')
     elif t.startswith('eps'):

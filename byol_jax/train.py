@@ -4,27 +4,29 @@
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
-import json
 import math
 import os
 import signal
+import sys
 import time
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from byol_jax import checkpoint, config as config_lib, evaluate, optim, plots, spectral
-from byol_jax.study import collapse, real_vs_theory
+from byol_jax import checkpoint, collapse, config as config_lib, optim, plots, real_vs_theory, rundir, spectral
 from byol_jax import state as state_lib
 from byol_jax import step as step_lib
-from byol_jax.data import augment, sources
-from byol_jax.logging_utils import MetricsLog, progress_bar, read_metrics
-from byol_jax.models.norm import ViewBatchNorm
+from byol_jax.data import sources
+# The evaluation library (byol_jax/features.py); its names are also reachable here, where they used to live.
+from byol_jax.features import (eval_batches, extract_features, load_data, make_batch_stats_fn,  # noqa: F401
+                               make_feature_fn, precise_batch_stats, precise_bn_batches, run_evaluation,
+                               shard_batch)
+from byol_jax.logging_utils import MetricsLog, progress_bar
 
 LINEAR_PREDICTORS = ('linear', 'linear_symmetric', 'directpred', 'directcopy')
 
@@ -36,34 +38,6 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------
-def load_data(config):
-  """Returns (data, info). data = {'train', 'test', 'train_eval'?: (images uint8, labels)} for datasets held
-  in memory (Fashion-MNIST, synthetic, CIFAR, STL-10); None for ImageNet, which is streamed by tfds."""
-  d = config.data
-  if d.name == 'imagenet2012':
-    from byol_jax.data import tfds_source  # TensorFlow is imported only on the tfds path
-    return None, tfds_source.dataset_info(d.name)
-  if d.name in config_lib.TFDS_DATASETS:
-    from byol_jax.data import tfds_source
-    data, info = tfds_source.load_in_memory(d.name, d.tfds_data_dir or None, d.image_size)
-  elif d.name == 'image_folder':
-    try:
-      raw, info = sources.load_image_folder(d.path, d.image_size)
-    except sources.ImageFolderError as e:  # a config value that cannot work: one line from the entry points
-      raise config_lib.ConfigError(f'data.path: {e}') from None
-    data = {split: (raw[split]['images'], raw[split]['labels']) for split in ('train', 'test')}
-    if jax.process_index() == 0:
-      print(f'data: {info["report"]}', flush=True)
-  else:
-    raw = sources.load_dataset(d.name, d.path or None, seed=config.seed, num_train=d.num_train or 512,
-                               num_test=d.num_test or 256, image_size=d.image_size, channels=3, num_classes=10)
-    data = {split: (raw[split]['images'], raw[split]['labels']) for split in ('train', 'test')}
-    info = sources.dataset_info(d.name)
-  if config.eval.num_train:
-    data['train_eval'] = tuple(a[:config.eval.num_train] for a in data.get('train_eval', data['train']))
-  return data, info
-
-
 def train_batches(config, data, start_step: int):
   """Process-local training batches from `start_step` on: a pure function of (seed, step), so resumable."""
   if data is None:
@@ -76,119 +50,6 @@ def train_batches(config, data, start_step: int):
   source = sources.InMemorySource(images, labels, global_batch_size=config.train.batch_size, seed=config.seed,
                                   process_index=jax.process_index(), process_count=jax.process_count())
   return (source.batch(step) for step in itertools.count(start_step))
-
-
-def eval_batches(config, data, split: str, batch_size: int):
-  """Process-local, fixed-size evaluation batches {'image', 'label', 'mask'} covering a split once."""
-  if data is None:
-    from byol_jax.data import tfds_source
-    pipe = tfds_source.ImageNetEvalPipeline(
-        'train' if split == 'train' else 'validation', batch_size, config.data.image_size, jax.process_index(),
-        jax.process_count(), config.data.tfds_data_dir or None,
-        max_examples=(config.eval.num_train or 50_000) if split == 'train' else None)
-    yield from pipe.batches()
-    return
-  images, labels = data.get('train_eval', data['train']) if split == 'train' else data['test']
-  local = batch_size // jax.process_count()
-  lo = jax.process_index() * local
-  for start in range(0, len(images), batch_size):
-    idx = np.arange(start + lo, start + lo + local)
-    mask = idx < len(images)
-    idx = np.minimum(idx, len(images) - 1)
-    yield {'image': images[idx], 'label': labels[idx], 'mask': mask}
-
-
-def shard_batch(mesh, local_batch):
-  """Process-local numpy batch -> global arrays split over 'data' (also across hosts)."""
-  sharding = NamedSharding(mesh, P(step_lib.AXIS))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------
-def make_feature_fn(config, networks, info):
-  """(frozen backbone features, projector output z) of un-augmented images (BatchNorm in inference mode)."""
-  def features(params, stats, images):
-    x = step_lib.normalize(augment.eval_view(images, config.data.image_size), info['mean'], info['std'])
-    model = nnx.merge(networks.online_eval, params, stats)
-    return model.tower(x)
-  return jax.jit(features)
-
-
-def make_batch_stats_fn(config, networks, info, mesh):
-  """The online tower's BatchNorm statistics of one global batch of un-augmented images (training-mode
-  BatchNorm over the global batch, one view, no gradients): {'tower': ...} of the online batch_stats tree."""
-  def batch_stats(params, stats, images):
-    x = step_lib.normalize(augment.eval_view(images, config.data.image_size), info['mean'], info['std'])
-    model = nnx.merge(networks.online_eval, params, stats)
-    for _, m in nnx.iter_modules(model.tower):
-      if isinstance(m, ViewBatchNorm):  # momentum 0: the "running" statistics become this batch's
-        m.use_running_average, m.views, m.momentum = False, 1, 0.0
-    model.tower(x)
-    return nnx.to_pure_dict(nnx.state(model.tower, nnx.BatchStat))
-  mapped = jax.shard_map(batch_stats, mesh=mesh, in_specs=(P(), P(), P(step_lib.AXIS)), out_specs=P(),
-                         check_vma=False)
-  return jax.jit(mapped)
-
-
-def precise_bn_batches(config, data):
-  """The process-local image batches precise BatchNorm averages over: the first eval.precise_bn_batches x
-  train.batch_size images of the train split (wrapping around), the same for every run and seed."""
-  count, size = config.eval.precise_bn_batches, config.train.batch_size
-  if data is None:  # streamed (ImageNet): the evaluation pipeline's train examples, full batches only
-    batches = (b['image'] for b in eval_batches(config, data, 'train', size) if np.all(b['mask']))
-    yield from itertools.islice(batches, count)
-    return
-  images = data['train'][0]
-  local = size // jax.process_count()
-  lo = jax.process_index() * local
-  for i in range(count):
-    yield images[(i * size + lo + np.arange(local)) % len(images)]
-
-
-def precise_batch_stats(batch_stats_fn, state, batches, mesh):
-  """Precise BatchNorm (Wu & Johnson 2021): the online BatchNorm statistics with the tower's replaced by the
-  mean, over `batches`, of each batch's mean and variance. Returns a new batch_stats tree (state unchanged)."""
-  total, n = None, 0
-  for images in batches:
-    stats = batch_stats_fn(state.params, state.batch_stats, shard_batch(mesh, images))
-    total = stats if total is None else jax.tree.map(jax.numpy.add, total, stats)
-    n += 1
-  if not n:
-    raise ValueError('precise BatchNorm: the train split gave no full batch; lower train.batch_size or set '
-                     '--config.eval.precise_bn=never')
-  return {**state.batch_stats, 'tower': jax.tree.map(lambda x: x / n, total)}
-
-
-def _gather(x):
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x)
-
-
-def extract_features(feature_fn, state, batches, mesh):
-  """(features, labels, projections z) of every real (mask=True) example of `batches`, gathered on every
-  process."""
-  feats, labels, zs = [], [], []
-  for b in batches:
-    f, z = feature_fn(state.params, state.batch_stats, shard_batch(mesh, b['image']))
-    mask = _gather(b['mask'])
-    feats.append(_gather(f)[mask])
-    zs.append(_gather(z)[mask])
-    labels.append(_gather(b['label'])[mask])
-  return np.concatenate(feats), np.concatenate(labels), np.concatenate(zs)
-
-
-def run_evaluation(config, feature_fn, state, data, info, mesh) -> dict:
-  """Linear probe and kNN (train split -> test split), and the collapse indicators of the test split's
-  features and projector outputs (byol_jax/study/collapse.py)."""
-  bs = max(mesh.size, config.eval.batch_size // mesh.size * mesh.size)
-  ftrain, ytrain, _ = extract_features(feature_fn, state, eval_batches(config, data, 'train', bs), mesh)
-  ftest, ytest, ztest = extract_features(feature_fn, state, eval_batches(config, data, 'test', bs), mesh)
-  result = {}
-  if info.get('labelled', True):  # unlabelled images (image_folder without class folders): no probes to fit
-    result = evaluate.evaluate_features(ftrain, ytrain, ftest, ytest, info['num_classes'], config.eval)
-  result.update(collapse.collapse_stats(ftest, ztest))
-  return result
 
 
 def decided_by_process_0(flag: bool) -> bool:
@@ -216,42 +77,72 @@ def spectra_record(state, config) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------------
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, and Ctrl-C: both save a checkpoint and stop
+
+
+def _signal_name(signum) -> str:
+  return 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
+
+
 def run(config, workdir: str) -> dict:
-  """Trains (or resumes) and evaluates; returns the end-of-run summary, or {'preempted': True, ...} when SIGTERM
-  stopped it (a checkpoint saved at a step boundary; a SIGTERM during the start-up evaluation stops it before the
-  first step). A SIGTERM during the final evaluation lets it finish and is then passed on to the handler that was
-  in place (a study's runner stops there)."""
+  """Trains (or resumes) and evaluates; returns the end-of-run summary, or {'preempted': True, 'signal', ...} when
+  SIGTERM or Ctrl-C (SIGINT) stopped it (a checkpoint saved at a step boundary; one during the start-up evaluation
+  stops it before the first step). A second Ctrl-C exits at once (status 130), without saving. A signal during the
+  final evaluation lets it finish and is then passed on to the handler that was in place (a study's runner stops
+  there). A run that diverges writes diverged.json and raises TrainingDiverged. What it writes: byol_jax/rundir.py."""
   stop = {'signal': None}
-  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+  def on_signal(signum, frame):
+    del frame
+    if signum == signal.SIGINT and stop['signal'] == signal.SIGINT:
+      print('\nCtrl-C again: stopped at once, without saving (the last checkpoint stands)', file=sys.stderr,
+            flush=True)
+      os._exit(130)  # pylint: disable=protected-access
+    stop['signal'] = stop['signal'] or signum
+
+  previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
   summary = {}
+  held = contextlib.ExitStack()  # the run directory's lock, once taken
   try:
-    summary = _run(config, workdir, stop)
+    summary = _run(config, workdir, stop, held)
     return summary
+  except TrainingDiverged as e:
+    if jax.process_index() == 0:  # the run directory says so: whoever launched the run reads diverged.json
+      rundir.write_diverged(workdir, str(e))
+    raise
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
+    held.close()
+    for s, handler in previous.items():
+      signal.signal(s, handler)
     if stop['signal'] is not None and not summary.get('preempted'):
-      signal.raise_signal(signal.SIGTERM)
+      signal.raise_signal(stop['signal'])
 
 
-def _run(config, workdir: str, stop: dict) -> dict:
+def _run(config, workdir: str, stop: dict, held: contextlib.ExitStack) -> dict:
   t_start = time.time()
   config = config_lib.finalize(config)
   mesh = step_lib.make_mesh(config.train.num_devices)
   config_lib.validate(config, mesh.size)
   main_process = jax.process_index() == 0
+  if main_process:  # one process trains a run at a time: a second one stops here, naming the first
+    held.enter_context(rundir.locked(workdir))
   data, info = load_data(config)  # a missing dataset fails here, before any compilation
 
+  # A restart must continue the same run: before anything is written, config.json (of a run that trained) must
+  # hold the same identity; execution settings (devices, logging and checkpoint cadence) may change.
+  if rundir.status(workdir) != 'new':
+    rundir.check_same_run(workdir, config, fix='run it with the config it was started with (--config='
+                          f'configs/run.py:{workdir}), or give another --workdir')
   os.makedirs(workdir, exist_ok=True)
   if main_process:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    rundir.write_config(workdir, config)
 
   tx = optim.make_optimizer(config)
   in_channels = data['train'][0].shape[-1] if data is not None else 3
   networks, state = state_lib.build(config, in_channels=in_channels, num_classes=info['num_classes'], tx=tx)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, rundir.CHECKPOINTS), keep=config.train.keep_checkpoints)
   start_step = ckpt.latest_step() or 0
   if start_step:
     state = ckpt.restore(state)
@@ -278,7 +169,7 @@ def _run(config, workdir: str, stop: dict) -> dict:
     log.write(step, result)
     return result
 
-  previous = [r for r in read_metrics(log.path) if 'linear_probe_top1' in r] if main_process else []
+  previous = [r for r in rundir.read_metrics(log.path) if 'linear_probe_top1' in r] if main_process else []
   initial_eval = next((r for r in previous if r['step'] == 0), None)
   if decided_by_process_0(initial_eval is None and start_step == 0 and config.train.eval_at_start):
     initial_eval = evaluate_now(0)
@@ -293,7 +184,7 @@ def _run(config, workdir: str, stop: dict) -> dict:
   try:
     while step < steps:
       if step == start_step and any_process(stop['signal'] is not None):
-        stop['signal'] = signal.SIGTERM
+        stop['signal'] = stop['signal'] or signal.SIGTERM  # (another process's SIGTERM)
         break
       batch = shard_batch(mesh, next(batches))
       state, metrics = train_step(state, batch)
@@ -329,7 +220,7 @@ def _run(config, workdir: str, stop: dict) -> dict:
       bar.update(1)
       # Several processes stop together, at a step where they all synchronise anyway.
       if (jax.process_count() == 1 or log_now or save_now) and any_process(stop['signal'] is not None):
-        stop['signal'] = signal.SIGTERM
+        stop['signal'] = stop['signal'] or signal.SIGTERM
         break
   finally:
     bar.close()
@@ -342,17 +233,17 @@ def _run(config, workdir: str, stop: dict) -> dict:
     where = (f'checkpoint saved to {ckpt.path(step)}' if step > start_step else
              f'before its first step (checkpoint {ckpt.path(step)} unchanged)' if start_step else
              'before its first step (nothing trained yet)')
-    msg = f'SIGTERM at step {step}: stopped, {where}; run the same command to resume.'
+    msg = f'{_signal_name(stop["signal"])} at step {step}: stopped, {where}; run the same command to resume.'
     if main_process:
       print(msg, flush=True)
-    return {'preempted': True, 'step': step, 'message': msg}
+    return {'preempted': True, 'step': step, 'message': msg, 'signal': int(stop['signal'])}
 
   ckpt.save(state)
-  records = read_metrics(log.path) if main_process else []
+  records = rundir.read_metrics(log.path) if main_process else []
   final_eval = next((r for r in records if r['step'] == steps and 'linear_probe_top1' in r), None)
   if decided_by_process_0(final_eval is None):
     final_eval = evaluate_now(steps)
-    records = read_metrics(log.path) if main_process else []
+    records = rundir.read_metrics(log.path) if main_process else []
   ckpt.close()
   log.close()
   summary = {
@@ -370,15 +261,12 @@ def _run(config, workdir: str, stop: dict) -> dict:
     summary[f'final_{key}'] = (final_eval or {}).get(key)
   if main_process:
     plots.plot_run(records, workdir)  # also real_vs_theory.json for linear-type predictors: read, not recomputed
-    rvt_path = os.path.join(workdir, real_vs_theory.FILENAME + '.json')
-    if os.path.exists(rvt_path):
-      with open(rvt_path) as f:
-        s = json.load(f)
+    s = rundir.read_json(os.path.join(workdir, real_vs_theory.FILENAME + '.json'))
+    if s is not None:
       summary['real_vs_theory'] = {k: s[k] for k in ('loglog_slope', 'loglog_r2', 'asymmetry_final',
                                                       'alignment_topk_final', 'top_k', 'modes_used',
                                                       'loglog_slope_topk', 'loglog_r2_topk')}
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    rundir.write_summary(workdir, summary)
     print(summary_line(summary, config), flush=True)
   return summary
 

@@ -8,9 +8,11 @@ Time:     not measured end to end. Estimate from the ResNet-18 step measured on 
           each: ~7 min plus evaluations.
 Setup:    as configs/stl10.py (ResNet-18, projector 512-512-128 BN affine=False, SGD lr 0.03 momentum 0.9
           wd 4e-4 on all parameters, constant lr, batch 128, EMA 0.996 constant, independent target init,
-          DirectPred rho 0.3 eps 0.1 freq 1) but with the CIFAR stem (3x3 conv, no max-pool) at 32 px,
-          100 epochs of the 50,000 training images: steps = 100 * 50000 // 128 = 39,062; augmentation
-          preset 'cifar10'; inputs normalised with mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
+          DirectPred rho 0.3 eps 0.1 freq 1; output biases on the projector and the 2-layer predictor and every
+          BatchNorm scale starting at 1, as the reference code) but with the CIFAR stem (3x3 conv, no
+          max-pool) at 32 px, 100 epochs of the 50,000 training images: steps = 100 * 50000 // 128 = 39,062;
+          augmentation preset 'cifar10'; inputs normalised with mean (0.4914, 0.4822, 0.4465), std
+          (0.2023, 0.1994, 0.2010).
 Result:   linear probe top-1 on the 10k test split (frozen backbone, 50k train split, Adam 50 epochs).
 
 ARGS: the same comma-separated switches as configs/stl10.py (byol_jax/switches.py lists them), e.g.

@@ -4,6 +4,8 @@ Command:  python -m byol_jax.main --config=configs/fashion_mnist.py --workdir=ru
 Hardware: 2 CPU cores (also runs unchanged on one GPU).
 Time:     see README.md "Configs" (measured), evaluation at step 0 and at the end included.
 Result:   see README.md: final linear probe top-1 on the test split, and the same probe at step 0.
+Network:  as the paper's reference code: the projector's and the predictor's output layers have a bias, and every
+          BatchNorm scale starts at 1 (BYOL's ImageNet network: neither; configs/imagenet.py).
 DirectPred variant: --config.predictor.kind=directpred
 """
 from byol_jax.config import base_config

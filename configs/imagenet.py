@@ -10,12 +10,18 @@ Time:     the step on one H100 (docs/benchmarks.md): 62 ms per 128 images in bf1
           ~2.1 h on 32 H100s (batch 128 per GPU, communication estimated), ~2-9 h on TPU v4-64..v4-256
           slices depending on MFU. Worked out in docs/scaling.md. BYOL reports ~8 h for 1000 epochs on 512
           TPU v3 cores. The host makes 2 crops per image: ~10 CPU cores per H100 (docs/benchmarks.md).
-Setup:    ResNet-50 (ImageNet stem) at 224 px; projector 2048-4096-256 (BN affine); symmetric BYOL loss;
-          LARS (eta 1e-3, momentum 0.9, biases and norm parameters excluded from decay and adaptation),
-          base lr 0.3 x batch/256 = 4.8, 10 warmup epochs then cosine to 0, weight decay 1e-6 (BYOL's
-          300-epoch preset); EMA tau_base 0.99 with BYOL's cosine schedule to 1; target initialised as a
-          copy; batch 4096; 300 * 1281167 // 4096 = 93,835 steps; bfloat16 compute; augmentation 'byol'
-          (random resized crop on the host, the rest on device).
+Setup:    BYOL's network and update as DeepMind's code has them (the check and what differs: docs/scaling.md).
+          ResNet-50 (ImageNet stem) at 224 px, the last BatchNorm scale of each block initialised to 0;
+          projector 2048-4096-256 and predictor 256-4096-256 (BN affine), their output layers without bias;
+          symmetric BYOL loss; LARS (eta 1e-3, momentum 0.9, biases and norm parameters excluded from decay
+          and adaptation, the lr applied after momentum as BYOL's code does: optax.lars applies it before,
+          which makes the first ~300 warmup steps' updates ~5% smaller and differs by 1e-4 per step after
+          the warmup, measured in docs/records/cpu/lars_order_2026-12-06.md), base lr 0.3 x batch/256 =
+          4.8, warmup 10 * 1281167 // 4096 = 3127 steps then cosine to 0, weight decay 1e-6 (BYOL's 300-epoch
+          preset); EMA tau_base 0.99 with BYOL's cosine schedule to 1; target initialised as a copy (BYOL:
+          independently); batch 4096; 300 * 1281167 // 4096 = 93,835 steps; bfloat16 compute; augmentation
+          'byol' (random resized crop on the host, the rest on device). The STL-10/CIFAR-10 configs keep the
+          paper's reference code's choices instead (output biases, scales initialised to 1, SGD).
 PREDICTOR (paper Tbl 9, top-1 / top-5 at 300 epochs):
   mlp (default)  2-layer BN predictor 256-4096-256 (BYOL)   72.5 / 90.8
   linear         linear 256x256 trained by SGD              69.9 / 89.6
@@ -28,6 +34,7 @@ from byol_jax.config import base_config
 
 NUM_TRAIN = 1_281_167
 EPOCHS = 300
+WARMUP_EPOCHS = 10
 BATCH = 4096
 
 
@@ -39,6 +46,7 @@ def set_predictor(c, arg):
   c.predictor.hidden = 4096
   c.predictor.bn_affine = True
   c.predictor.use_bias = False
+  c.predictor.output_bias = False  # BYOL's Linear(with_bias=False)
   c.predictor.rho = 0.3
   c.predictor.eps = 0.1
   c.predictor.freq = 1
@@ -55,6 +63,8 @@ def imagenet_model(c):
   c.model.projector_hidden = 4096
   c.model.projector_dim = 256
   c.model.projector_bn_affine = True
+  c.model.projector_output_bias = False  # BYOL's Linear(with_bias=False)
+  c.model.zero_init_last_bn_scale = True  # BYOL's (Haiku's) bottleneck blocks
   c.train.compute_dtype = 'bfloat16'
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
@@ -70,7 +80,6 @@ def get_config(arg=None):
   c = imagenet_model(base_config())
   c.method = 'byol'
   c.train.batch_size = BATCH
-  steps_per_epoch = NUM_TRAIN // BATCH
   c.train.steps = EPOCHS * NUM_TRAIN // BATCH
   c.loss.symmetric = True
   c.optim.name = 'lars'
@@ -80,8 +89,9 @@ def get_config(arg=None):
   c.optim.weight_decay = 1e-6
   c.optim.decay_bias_and_norm = False
   c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 10 * steps_per_epoch
+  c.optim.warmup_steps = WARMUP_EPOCHS * NUM_TRAIN // BATCH  # 3127, as BYOL's code rounds it
   c.optim.lars_trust_coefficient = 1e-3
+  c.optim.lars_lr_applied = 'after_momentum'
   c.ema.tau_base = 0.99
   c.ema.schedule = 'cosine'
   c.ema.target_init = 'copy'

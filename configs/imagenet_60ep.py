@@ -7,11 +7,13 @@ Hardware: one host with 8 GPUs (batch 256 = 32 per GPU).
 Time:     not measured. Estimate at ~1,100 img/s per H100 (ResNet-50, bf16, one view pair, target pass):
           60 epochs = 76.9M images, ~2.5 h on 8 H100s if the host keeps up (2 crops per image; see the
           tfds_source throughput measurement for host cores per GPU).
-Setup:    as configs/imagenet.py (ResNet-50, 224 px, projector 2048-4096-256, BYOL augmentation, bf16)
-          but with loss.symmetric False (view 1 predicts view 2 only), SGD with momentum 0.9, batch 256,
-          60 * 1281167 // 256 = 300,273 steps. The paper does not give lr, wd or the EMA rate for this
-          setting; these are SimSiam's SGD recipe (lr 0.05 x batch/256, wd 1e-4, cosine decay, no warmup,
-          weight decay on all parameters) and BYOL's tau_base 0.99 with its cosine schedule: assumptions.
+Setup:    as configs/imagenet.py (BYOL's network: ResNet-50 with the last BatchNorm scale of each block
+          initialised to 0, projector 2048-4096-256 and predictor 256-4096-256 without output biases; 224 px,
+          BYOL augmentation, bf16) but with loss.symmetric False (view 1 predicts view 2 only), SGD with
+          momentum 0.9, batch 256, 60 * 1281167 // 256 = 300,273 steps. The paper does not give lr, wd or
+          the EMA rate for this setting; these are SimSiam's SGD recipe (lr 0.05 x batch/256, wd 1e-4, cosine
+          decay, no warmup, weight decay on all parameters) and BYOL's tau_base 0.99 with its cosine schedule:
+          assumptions.
 PREDICTOR (paper Tbl 9, top-1 / top-5 at 60 epochs):
   mlp (default) 64.7 / 85.8    linear 59.4 / 82.3    directpred 64.4 / 85.8
 """

@@ -12,7 +12,9 @@ Setup:    ResNet-18 with the ImageNet stem at 96 px; projector 512-512-128, BN a
           train+unlabelled (105,000 images): steps = 100 * 105000 // 128 = 82,031; EMA 0.996 constant;
           target initialised independently (the reference code); symmetric loss; no input normalisation
           (as the reference code); augmentation preset 'stl10'. Default predictor: DirectPred,
-          rho 0.3, eps 0.1, freq 1.
+          rho 0.3, eps 0.1, freq 1. As the reference code (PyTorch nn.Linear, torchvision's ResNet): the
+          projector's and the 2-layer predictor's output layers have a bias, and every BatchNorm scale starts
+          at 1 (BYOL's ImageNet network has neither: configs/imagenet.py).
 Result:   linear probe top-1 on the 8k test split (frozen backbone, 5k labelled train split, Adam 50
           epochs); the paper reports the best of the 50 probe epochs, mean +- std of 5 seeds.
 

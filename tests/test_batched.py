@@ -7,6 +7,8 @@ from byol_jax import batched, config as config_lib, optim, state as state_lib, s
 from byol_jax.data import sources
 from configs import tiny
 
+pytestmark = pytest.mark.usefixtures('xla_unoptimized')  # numbers against numbers: compile little
+
 STEPS = 3
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 # Two runs of one program that differ in their seed and in every batchable hyperparameter (each compilation of a
@@ -60,6 +62,7 @@ def together(configs, images, labels, mesh):
   return np.stack(losses, axis=1), states  # [runs, steps]
 
 
+@pytest.mark.slow  # three compilations of a training step (~25 s of CPU); batched.py is for GPUs
 def test_each_run_equals_the_run_trained_alone():
   configs = [run_config(o) for o in RUNS]
   images, labels = data()

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,6 +35,8 @@ def _bench(*args):
                         timeout=600)
 
 
+@pytest.mark.slow  # compiles two training steps in a subprocess
+@pytest.mark.usefixtures('xla_unoptimized')  # what is printed is under test, not the speed
 def test_bench_prints_throughput_and_mfu_last():
   proc = _bench('--variants=full,no_augment+directpred+newton_schulz', '--peak_tflops=1')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,6 +57,8 @@ def test_bench_rejects_an_unknown_variant_before_compiling():
   assert "unknown benchmark variant token 'fast'" in proc.stderr
 
 
+@pytest.mark.slow  # compiles the augmentation five times in a subprocess
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_augment_ops_breakdown():
   proc = _bench('--variants=', '--augment_ops')  # the augmentation only
   assert proc.returncode == 0, proc.stderr[-3000:]

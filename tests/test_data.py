@@ -65,7 +65,7 @@ def test_idx_bad_magic(tmp_path):
   bad = tmp_path / 'x.gz'
   with gzip.open(bad, 'wb') as f:
     f.write((2049).to_bytes(4, 'big') + (3).to_bytes(4, 'big') + bytes(3))
-  with pytest.raises(ValueError, match='magic'):
+  with pytest.raises(sources.DatasetFileError, match='magic'):
     sources.read_idx(str(bad), 2051)
   np.testing.assert_array_equal(sources.read_idx(str(bad), 2049), np.zeros(3, np.uint8))
 

@@ -1,6 +1,7 @@
-"""The documentation's links resolve, and no file of the project refers to a path outside it.
+"""The documentation's links resolve, no file of the project refers to a path outside it, code names only doc
+sections that exist, and the generated findings tables are what the records give.
 
-Pure Python (no JAX), well under a second.
+No JAX; a few seconds.
 
 - Every relative link of README.md and docs/**/*.md (`[text](path)`, `![alt](path)`, `path#anchor`, `#anchor`)
   names a file or folder that exists, and an anchor names a heading of the Markdown file it points to (GitHub's
@@ -10,13 +11,21 @@ Pure Python (no JAX), well under a second.
   written in pieces so that this file does not name them itself). Raw records under docs/records/ are
   exempt, except their Markdown write-ups: a log or a run's summary.json quotes the paths of the machine it was
   measured on, and records are kept as measured.
+- Code (every project file but Markdown and the records) names only guides that exist, and the sections it names
+  exist in them: `docs/x.md#anchor`, and `docs/x.md "Section"` / `docs/x.md, "Section"` (a heading that starts
+  with those words; the quote may run over comment lines).
+- README's findings tables and the records index's study table are what `python -m byol_jax.study.findings`
+  makes of docs/findings.toml and the committed records (docs/records/study/*/results.json).
 """
+import json
 import os
 import re
 import subprocess
 import unicodedata
 
 import pytest
+
+from byol_jax.study import findings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = 'docs/records/'
@@ -151,3 +160,118 @@ def test_the_checks_catch_what_they_should(tmp_path):
   binary = tmp_path / 'x.png'
   binary.write_bytes(b'\x89PNG\0\0')
   assert read_text(str(binary)) is None and read_text(__file__) is not None
+
+
+DOC_REF = re.compile(r'\bdocs/[\w./-]+?\.md\b')
+DOC_ANCHOR = re.compile(r'\b(docs/[\w./-]+?\.md)#([\w-]+)')
+DOC_SECTION = re.compile(r'\b(docs/[\w./-]+?\.md),?\s+"([^"]+)"')
+
+
+def heading_texts(path: str) -> list[str]:
+  """A Markdown file's headings as plain text: markup dropped, whitespace collapsed, lower case."""
+  with open(path, encoding='utf-8') as f:
+    text = FENCE.sub('', f.read())
+  out = []
+  for m in HEADING.finditer(text):
+    heading = re.sub(r'!?\[([^\]]*)\]\([^)]*\)', r'\1', m.group(2)).replace('`', '').replace('*', '')
+    out.append(' '.join(heading.split()).lower())
+  return out
+
+
+def dangling_doc_references(rel: str, text: str, root: str = ROOT) -> list[str]:
+  """'file: reference: why' for each guide or section named in a code file that does not exist."""
+  problems = []
+  for ref in sorted(set(DOC_REF.findall(text))):
+    if not os.path.exists(os.path.join(root, ref)):
+      problems.append(f'{rel}: {ref}: no such file')
+  for ref, anchor in DOC_ANCHOR.findall(text):
+    if os.path.exists(os.path.join(root, ref)) and anchor not in anchors(os.path.join(root, ref)):
+      problems.append(f'{rel}: {ref}#{anchor}: no such heading')
+  for ref, quoted in DOC_SECTION.findall(text):
+    shown = ' '.join(re.sub(r'^\s*(#|//)', ' ', quoted, flags=re.M).split())  # a wrap's comment markers dropped
+    section = shown.lower()
+    if os.path.exists(os.path.join(root, ref)) and not any(
+        h == section or h.startswith(section + ' ') or h.startswith(section + ':') or h.startswith(section + ',')
+        for h in heading_texts(os.path.join(root, ref))):
+      problems.append(f'{rel}: {ref} "{shown}": no heading starts with it')
+  return problems
+
+
+def test_code_names_only_doc_sections_that_exist():
+  found = []
+  for rel in project_files():
+    if rel.endswith('.md') or rel.startswith(RECORDS) or rel == os.path.relpath(os.path.abspath(__file__), ROOT):
+      continue
+    text = read_text(os.path.join(ROOT, rel))
+    if text is not None:
+      found += dangling_doc_references(rel, text)
+  assert not found, 'code names doc sections that do not exist:\n' + '\n'.join(found)
+
+
+def test_doc_reference_check_catches_what_it_should(tmp_path):
+  (tmp_path / 'docs').mkdir()
+  (tmp_path / 'docs' / 'g.md').write_text('# Guide\n\n## The short-run transient (400 steps)\n\n## Build\n')
+  code = ('# see docs/g.md#build and docs/g.md, "The short-run\n#   transient" and docs/g.md "Build"\n'
+          'x = 1  # docs/g.md#gone, docs/g.md "Run", docs/missing.md\n')
+  assert dangling_doc_references('x.py', code, str(tmp_path)) == [
+      'x.py: docs/missing.md: no such file', 'x.py: docs/g.md#gone: no such heading',
+      'x.py: docs/g.md "Run": no heading starts with it']
+
+
+def test_findings_and_records_index_match_the_records():
+  problems = findings.stale()
+  assert not problems, (f'{", ".join(problems)}: a generated table differs from docs/findings.toml and the records; '
+                        'run python -m byol_jax.study.findings and review the diff')
+
+
+def _fake_study(root, name, per_seed, collapsed=0):
+  folder = root / findings.STUDY_RECORDS / name
+  folder.mkdir(parents=True)
+  probe = {'mean': sum(per_seed) / len(per_seed), 'std': 0.01, 'per_seed': per_seed, 'n': len(per_seed)}
+  rows = {'a': {'seeds_done': list(range(len(per_seed))), 'linear_probe_top1': probe, 'collapsed_seeds': collapsed,
+                'collapse_reasons': ['not collapsed'] * len(per_seed), 'paper': 77.86},
+          'b': {'seeds_done': list(range(len(per_seed))), 'collapsed_seeds': 0, 'collapse_reasons': [],
+                'linear_probe_top1': dict(probe, mean=probe['mean'] - 0.02, per_seed=[v - 0.02 for v in per_seed])}}
+  (folder / 'results.json').write_text(json.dumps({'study': name, 'seeds': 3, 'base': {'steps': 400}, 'rows': rows}))
+
+
+def test_findings_generator_follows_the_records_and_its_expectations(tmp_path):
+  _fake_study(tmp_path, 's', [0.80, 0.81, 0.83])
+  (tmp_path / 'docs' / 'records').mkdir(exist_ok=True)
+  (tmp_path / findings.PROSE).write_text(
+      '[[table]]\nregion = "findings"\nhere = "here"\n[[table.finding]]\nclaim = "A beats B (Tbl 3: {paper s a})"\n'
+      'here = "probe {probe s a}; A − B {diff s a b:pm1} points over {seeds s a} seeds"\nverdict = "**yes**"\n'
+      'expect = { "diff s a b:verdict" = "ahead" }\n'
+      '[[record]]\nfolder = "s"\ndate = "2026-12-06"\nwhat = "{rows s} rows, {seed_count s}"\n')
+  begin, end = findings._markers('findings')
+  (tmp_path / findings.README).write_text(f'# R\n\n{begin}\nstale\n{end}\n\nafter\n')
+  begin, end = findings._markers('study records')
+  (tmp_path / findings.RECORDS_INDEX).write_text(f'# Records\n{begin}\n{end}\n')
+  for path, text in findings.regenerated(str(tmp_path)).items():
+    (tmp_path / path).write_text(text)
+  readme = (tmp_path / findings.README).read_text()
+  assert ('| A beats B (Tbl 3: 77.86) | probe 0.813 ± 0.010; A − B +2.0 ± 0.0 points over 3 seeds | **yes** |'
+          in readme) and readme.endswith(f'{end.replace("study records", "findings")}\n\nafter\n')
+  assert '| 2026-12-06 | [s/](study/s/) | 2 rows, 3 seeds |  |' in (tmp_path / findings.RECORDS_INDEX).read_text()
+  assert findings.stale(str(tmp_path)) == []
+
+  (tmp_path / findings.STUDY_RECORDS / 's' / 'results.json').unlink()  # a new seed changes the numbers
+  (tmp_path / findings.STUDY_RECORDS / 's').rmdir()
+  _fake_study(tmp_path, 's', [0.80, 0.81, 0.83, 0.84])
+  assert findings.stale(str(tmp_path)) == [findings.README, findings.RECORDS_INDEX]
+
+  _fake_study(tmp_path, 'new_study', [0.8])  # a record without its line in the index
+  with pytest.raises(findings.FindingsError, match='no \\[\\[record\\]\\] for docs/records/study/new_study'):
+    findings.regenerated(str(tmp_path))
+
+
+def test_findings_stop_when_the_wording_no_longer_fits(tmp_path):
+  _fake_study(tmp_path, 's', [0.80, 0.81, 0.83])
+  records = findings.Records(str(tmp_path))
+  with pytest.raises(findings.FindingsError, match="now give .*'ahead', its wording assumes 'behind'"):
+    findings._expectations({'expect': {'diff s a b:verdict': 'behind'}}, records, 'finding x')
+  with pytest.raises(findings.FindingsError, match="study s has no row 'c'"):
+    findings.render('{probe s c}', records)
+  with pytest.raises(findings.FindingsError, match="unknown placeholder function 'median'"):
+    findings.render('{median s a linear_probe_top1}', records)
+  assert findings.render('{diff s a b:full}', records) == '+2.00 ± 0.00 points, 95% interval [+2.00, +2.00]'

@@ -107,7 +107,7 @@ def _objective64(theta, x, y, num_classes, l2):
   return loss, np.concatenate([(x.T @ gz + l2 * w).ravel(), gz.sum(axis=0)])
 
 
-@pytest.mark.parametrize("c", [0.05, 5.0])
+@pytest.mark.parametrize("c", [0.05, pytest.param(5.0, marks=pytest.mark.slow)])  # weak l2: ~10 s of iterations
 def test_lbfgs_probe_reaches_the_optimum(c):
   import scipy.optimize
   xtr, ytr, xte, yte = _mixture()

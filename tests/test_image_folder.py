@@ -169,11 +169,14 @@ def _tiny(path, **changes):
   c = load_config_module(os.path.join(ROOT, 'configs', 'x.py'), 'tiny.py').get_config()
   c.data.name, c.data.path, c.data.image_size = 'image_folder', path, 16
   c.train.steps, c.train.checkpoint_every, c.train.eval_at_start = 3, 3, False  # one evaluation: the end's
+  c.train.num_devices = 2  # of the 8 the tests make: the data path is under test here, not the device count
   for k, v in changes.items():
     config_lib.override(c, {k: v})
   return c
 
 
+@pytest.mark.slow  # a training run with evaluations
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_three_steps_on_a_labelled_folder(tmp_path, capsys):
   path = write_folder(tmp_path / 'shapes')
   summary = train.run(_tiny(path), str(tmp_path / 'run'))
@@ -185,11 +188,13 @@ def test_three_steps_on_a_labelled_folder(tmp_path, capsys):
   assert held['data']['name'] == 'image_folder' and held['data']['path'] == path
 
 
+@pytest.mark.slow  # a training run in a subprocess
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_unlabelled_folder_trains_and_skips_the_probes(tmp_path):
   path = write_folder(tmp_path / 'flat', classes=('',), per_class=20)
   out = subprocess.run([sys.executable, '-m', 'byol_jax.main', '--config=configs/tiny.py',
                         '--config.data.name=image_folder', f'--config.data.path={path}', '--config.data.image_size=16',
-                        '--config.train.steps=2', '--config.train.eval_at_start=False',
+                        '--config.train.steps=2', '--config.train.eval_at_start=False', '--config.train.num_devices=2',
                         f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr
   assert 'unlabelled (no class subfolders): the linear probe and kNN are skipped' in out.stdout

@@ -15,6 +15,9 @@ ARGS = {'configs/stl10.py': ['linear_sym,no_ema,wd4e-3', 'mlp,simsiam,no_stop_gr
         'configs/cifar10.py': ['freq5,epochs300'], 'configs/imagenet.py': ['linear'],
         'configs/imagenet_60ep.py': ['directpred']}
 STUDY_ARGS = ['short', 'stl10', 'cifar10']
+# Configs that need their argument: configs/run.py reads a run directory (here a committed record's run).
+RUN_DIR = 'docs/records/study/table3_paper_regime/linear_no_ema/seed0'
+NEEDS_ARG = {'configs/run.py': [RUN_DIR]}
 
 # In a fresh interpreter: each config loaded as `--config=FILE[:ARG]` is (ml_collections' config_flags, as every
 # entry point), then the modules JAX, flax or optax loaded so far; also the CPU core count set_cpu_devices reads.
@@ -56,6 +59,9 @@ def test_loading_any_config_leaves_jax_flax_and_optax_unimported():
           'configs/theory/default.py'} <= set(files)
   specs = []
   for f in files:
+    if f in NEEDS_ARG:
+      specs += [f'{f}:{a}' for a in NEEDS_ARG[f]]
+      continue
     specs.append(f)
     specs += [f'{f}:{a}' for a in ARGS.get(f, STUDY_ARGS if f.startswith('configs/study/') and _takes_arg(f) else [])]
   proc = subprocess.run([sys.executable, '-c', _LOAD, json.dumps(specs)], cwd=ROOT, capture_output=True, text=True,
@@ -64,6 +70,17 @@ def test_loading_any_config_leaves_jax_flax_and_optax_unimported():
   loaded = json.loads(proc.stdout.strip().splitlines()[-1])
   assert set(loaded) == set(specs)
   assert {spec: mods for spec, mods in loaded.items() if mods} == {}, 'a config load imported these'
+
+
+def _all_imports(path: str) -> list[str]:
+  """Every module a file imports, at its top level or inside a function."""
+  out = []
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      out += [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      out += [node.module] + [f'{node.module}.{a.name}' for a in node.names]
+  return out
 
 
 def _module_imports(path: str) -> list[str]:
@@ -113,3 +130,20 @@ def test_the_choice_lists_are_what_the_implementations_dispatch_on():
   from byol_jax.models import resnet
   assert tuple(resnet.ARCHITECTURES) == choices.BACKBONES
   assert set(resnet.CONV_FUNCTIONS) | {'auto'} == set(choices.CONV_IMPLS)
+
+
+def test_the_library_never_imports_the_studies():
+  """byol_jax/study/ sits above the library: a run, its measurements and its run directory know nothing of
+  studies; a study drives runs through their run directories (byol_jax/rundir.py)."""
+  files = glob.glob(os.path.join(ROOT, 'byol_jax', '**', '*.py'), recursive=True)
+  outside = [f for f in files if not os.path.relpath(f, ROOT).startswith('byol_jax/study/')]
+  assert os.path.join(ROOT, 'byol_jax', 'train.py') in outside and len(outside) > 20
+  bad = {os.path.relpath(f, ROOT): [m for m in _all_imports(f) if m.startswith('byol_jax.study')] for f in outside}
+  assert {f: mods for f, mods in bad.items() if mods} == {}
+  # Reading a run directory needs no JAX and nothing above it: its top level imports no byol_jax module.
+  assert _outside(_imports_of('byol_jax/rundir.py'), ()) == {}
+  assert not [m for m in _module_imports(os.path.join(ROOT, 'byol_jax', 'rundir.py')) if m.split('.')[0] in HEAVY]
+  # What a run measures of itself is the library's: the collapse indicators and the spectra beside the theory.
+  for f in ('byol_jax/collapse.py', 'byol_jax/real_vs_theory.py', 'byol_jax/features.py'):
+    assert not any(m.startswith('byol_jax.study') for m in _all_imports(os.path.join(ROOT, f))), f
+

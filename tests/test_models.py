@@ -1,29 +1,64 @@
-"""ResNet pieces written by hand for speed give what Flax's own give."""
+"""ResNet pieces written by hand for speed give what Flax's own give.
+
+Each case is one compiled program, on numpy's random numbers: eager calls compile every operation for every shape
+(jax.random's too), which made these tests 4x slower (tests/test_models.py: 120 s -> 32 s of CPU, 2026-12-06).
+"""
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
 from byol_jax.models.resnet import max_pool_3x3_s2, max_pool_3x3_s2_phases
 
+DN = ('NHWC', 'HWIO', 'NHWC')
 
-def test_max_pool_with_the_cheaper_backward_equals_xla_max_pool_ties_included():
+
+def normal(seed, shape):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def relative_error(a, b) -> float:
+  """The largest difference against b's scale (in numpy: jnp on concrete arrays compiles per shape)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def values_and_grads(fn, x, w, strides, padding):
+  """The convolution fn(x, w) and its gradients (input, kernel) for a random output gradient: one program."""
+  f = lambda x, w: fn(x, w, strides, padding, dimension_numbers=DN)
+  dy = normal(2, jax.eval_shape(f, x, w).shape)
+
+  def run(x, w, dy):
+    y, vjp = jax.vjp(f, x, w)
+    return (y, *vjp(dy))
+  return jax.jit(run)(x, w, dy)
+
+
+def _xla_pool(x):
+  return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+@jax.jit(static_argnums=0)
+def pool_and_grad(pool, x, w):
+  return pool(x), jax.grad(lambda x: jnp.sum((pool(x) * w).astype(jnp.float32)))(x)
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 8, 3), (2, 10, 11, 4), (2, 8, 12, 3), (3, 16, 16, 2)])
+def test_max_pool_with_the_cheaper_backward_equals_xla_max_pool_ties_included(shape):
   """max_pool_3x3_s2 and max_pool_3x3_s2_phases: same outputs and the very same gradient as nnx.max_pool (the
   first maximum of each window takes it), on ReLU-like inputs full of ties, even and odd sizes; integer
   gradients make sums exact."""
-  def xla_pool(x):
-    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-
-  for shape in ((2, 9, 8, 3), (2, 10, 11, 4), (2, 8, 12, 3), (3, 16, 16, 2)):
-    for dtype in (jnp.float32, jnp.bfloat16):
-      x = jnp.maximum(jnp.round(2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)), 0.0).astype(dtype)
-      w = jnp.round(4.0 * jax.random.normal(jax.random.PRNGKey(1), xla_pool(x).shape)).astype(dtype)
-      grad = lambda pool: jax.grad(lambda x: jnp.sum((pool(x) * w).astype(jnp.float32)))(x)
-      for pool in (max_pool_3x3_s2, max_pool_3x3_s2_phases):
-        chex.assert_trees_all_equal(pool(x), xla_pool(x))
-        chex.assert_trees_all_equal(grad(pool), grad(xla_pool))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jnp.maximum(jnp.round(2.0 * normal(0, shape)), 0.0).astype(dtype)
+    w = jnp.round(4.0 * normal(1, jax.eval_shape(_xla_pool, x).shape)).astype(dtype)
+    reference = pool_and_grad(_xla_pool, x, w)
+    for pool in (max_pool_3x3_s2, max_pool_3x3_s2_phases):
+      chex.assert_trees_all_equal(pool_and_grad(pool, x, w), reference)
 
 
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_resnet_with_either_max_pool_gives_the_same_features_and_gradients():
   """The ImageNet-stem ResNet, max_pool_impl='taps' (what 'auto' picks on GPUs) and 'phases' (on CPUs) against
   'xla': the same function, and neither uses XLA's select-and-scatter."""
@@ -66,24 +101,17 @@ CONV_CASES = [
 ]
 
 
-def test_cpu_convolution_equals_lax_convolution_values_and_gradients():
+@pytest.mark.usefixtures('xla_unoptimized')
+@pytest.mark.parametrize('shape, k, stride, cout', CONV_CASES)
+def test_cpu_convolution_equals_lax_convolution_values_and_gradients(shape, k, stride, cout):
   """models/native/conv.py's conv_general_dilated (the CPU default) against lax.conv_general_dilated: the same outputs
   and gradients (input and kernel) within float32 summation order, for every path it takes."""
   from byol_jax.models.native import conv
-  dn = ('NHWC', 'HWIO', 'NHWC')
-  for shape, k, stride, cout in CONV_CASES:
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], cout)) / k
-    pad = ((k - 1) // 2,) * 2
-
-    def run(fn):
-      f = lambda x, w: fn(x, w, (stride, stride), (pad, pad), dimension_numbers=dn)
-      y, vjp = jax.vjp(f, x, w)
-      dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
-      return jax.jit(lambda: (y, *vjp(dy)))()
-
-    chex.assert_trees_all_close(run(conv.conv_general_dilated), run(jax.lax.conv_general_dilated),
-                                atol=1e-5, rtol=1e-5, custom_message=f'{shape} k{k} s{stride}')
+  x, w = normal(0, shape), normal(1, (k, k, shape[-1], cout)) / k
+  pad = ((k - 1) // 2,) * 2
+  run = lambda fn: values_and_grads(fn, x, w, (stride, stride), (pad, pad))
+  chex.assert_trees_all_close(run(conv.conv_general_dilated), run(jax.lax.conv_general_dilated),
+                              atol=1e-5, rtol=1e-5, custom_message=f'{shape} k{k} s{stride}')
 
 
 # Cases of the compiled kernels (models/native): output channels a multiple of 16 (one and two register
@@ -105,26 +133,18 @@ NATIVE_CASES = [
 ]
 
 
-def test_native_weight_gradient_equals_lax_convolution_values_and_gradients():
+@pytest.mark.usefixtures('xla_unoptimized')
+@pytest.mark.parametrize('shape, k, stride, cout, pad', NATIVE_CASES)
+def test_native_weight_gradient_equals_lax_convolution_values_and_gradients(shape, k, stride, cout, pad):
   """conv_impl='native' (the CPU default where a C++ compiler exists; .ci/run installs one): the compiled weight
   gradient against lax.conv_general_dilated's, and the forward and input gradient unchanged, for every case."""
   from byol_jax.models.native import conv, kernels as native
   assert native.available(), 'the CPU kernels did not build (is g++ installed?)'
-  dn = ('NHWC', 'HWIO', 'NHWC')
-  for shape, k, stride, cout, pad in NATIVE_CASES:
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], cout)) / k
-
-    def run(fn):
-      f = lambda x, w: fn(x, w, (stride, stride), ((pad, pad), (pad, pad + 1)), dimension_numbers=dn)
-      y, vjp = jax.vjp(f, x, w)
-      dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
-      return jax.jit(lambda: (y, *vjp(dy)))()
-
-    # Sums of up to ~600 products in another order: float32 round-off measured against each array's scale.
-    errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))),
-                          run(conv.conv_general_dilated_native), run(jax.lax.conv_general_dilated))
-    assert max(errors) < 2e-6, (shape, k, stride, cout, errors)
+  x, w = normal(0, shape), normal(1, (k, k, shape[-1], cout)) / k
+  run = lambda fn: values_and_grads(fn, x, w, (stride, stride), ((pad, pad), (pad, pad + 1)))
+  # Sums of up to ~600 products in another order: float32 round-off measured against each array's scale.
+  errors = jax.tree.map(relative_error, run(conv.conv_general_dilated_native), run(jax.lax.conv_general_dilated))
+  assert max(errors) < 2e-6, (shape, k, stride, cout, errors)
 
 
 def test_native_weight_gradient_replaces_xlas_and_falls_back_where_it_cannot():
@@ -220,6 +240,7 @@ def test_cpu_convolution_routes_small_convolutions_around_xla():
   assert convolutions(conv.conv_general_dilated) == 1
 
 
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
   """conv_impl='native' (what 'auto' picks on CPUs with AVX2) and 'matmul_small' (on others) against 'xla': the
   ResNet-18 layout at 32 px, down to 2x2 maps in the last stage, gives the same features and parameter gradients."""
@@ -230,9 +251,13 @@ def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
     model = ResNet('resnet18', in_channels=1, width=16, stem='cifar_stride2', conv_impl=impl, axis_name=None,
                    rngs=nnx.Rngs(0))
 
+    def loss(m):
+      features = m(x)
+      return jnp.sum(jnp.sin(features)), features
+
     @nnx.jit
     def run(m):
-      (_, features), grads = nnx.value_and_grad(lambda m: (jnp.sum(jnp.sin(m(x))), m(x)), has_aux=True)(m)
+      (_, features), grads = nnx.value_and_grad(loss, has_aux=True)(m)
       return features, grads
 
     features, grads = run(model)
@@ -242,8 +267,6 @@ def test_resnet_with_either_convolution_gives_the_same_features_and_gradients():
   # amplifies the last bits of small entries, so an elementwise rtol would be the wrong yardstick. Measured
   # (2026-11-30): matmul_small 1.7e-6, native 1.1e-5 (its weight gradients sum over images in blocks, and the
   # last stage's BatchNorm sees 16 values per channel here).
-  def relative_error(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
   reference = features_and_grads('xla')
   for impl in ('matmul_small', 'native'):
     errors = jax.tree.map(relative_error, features_and_grads(impl), reference)

@@ -20,7 +20,9 @@ def test_notebooks_exist():
     assert any(n.startswith(prefix) for n in names), names
 
 
+@pytest.mark.slow  # a Jupyter kernel each, 6-40 s; the theory they plot is tested in test_theory_*.py
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.usefixtures('xla_unoptimized')  # the kernel too: the notebooks check stories, not speed
 def test_notebook_runs_and_plots(path, tmp_path, monkeypatch):
   monkeypatch.setenv('THEORY_FIG_DIR', str(tmp_path))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')

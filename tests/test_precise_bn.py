@@ -1,6 +1,7 @@
 """Precise BatchNorm (byol_jax/train.py): the statistics an evaluation re-estimates from data."""
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -15,6 +16,7 @@ from byol_jax.models.norm import ViewBatchNorm
 
 import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures('xla_unoptimized')  # numbers against numbers: compile little
 
 
 def _setup(devices=2):

@@ -1,5 +1,5 @@
 """`python -m byol_jax.study --launcher=slurm` (byol_jax/study/slurm.py) against a real SLURM: the one-node cluster
-on localhost that scripts/slurm_local.sh starts (.ci/run starts it once, before the suite).
+on localhost that scripts/cluster/slurm_local.sh starts (.ci/run starts it once, before the suite).
 
 Without a reachable SLURM (a laptop) the cluster tests are skipped with the reason; where CI=1 or
 BYOL_JAX_REQUIRE_SLURM=1 (.ci/run sets it) they fail instead. Studies: configs/study/tiny.py, one seed."""
@@ -13,7 +13,7 @@ import time
 import chex
 import pytest
 
-from byol_jax.study import runner, slurm
+from byol_jax.study import launch, runner, slurm
 from study_helpers import tiny_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ FAST = ['--slurm_poll=1', '--slurm_cpus=1', '--slurm_time=20']  # 1 CPU per job:
 def _unreachable() -> str | None:
   """Why no SLURM can take jobs here, or None."""
   if shutil.which('sinfo') is None:
-    return 'no SLURM reachable: sinfo not found (scripts/slurm_local.sh starts a one-node cluster)'
+    return 'no SLURM reachable: sinfo not found (scripts/cluster/slurm_local.sh starts a one-node cluster)'
   try:
     proc = subprocess.run(['sinfo', '-h', '-o', '%T'], capture_output=True, text=True, timeout=30)
   except subprocess.TimeoutExpired:
@@ -41,7 +41,7 @@ def cluster():
   reason = _unreachable()
   if reason:
     if REQUIRED:
-      pytest.fail(f'{reason}; CI needs it (.ci/run starts it with scripts/slurm_local.sh)')
+      pytest.fail(f'{reason}; CI needs it (.ci/run starts it with scripts/cluster/slurm_local.sh)')
     pytest.skip(reason)
 
 
@@ -62,10 +62,11 @@ def _lines(text):
 
 
 # ------------------------------------------------------------------------------------------ without a cluster
-def test_jobs_run_the_study_command_without_the_launchers_flags():
-  argv = ['--config=configs/study/tiny.py', '--workdir=/tmp/x', '--launcher=slurm', '--slurm_partition', 'gpu',
-          '--slurm_args=qos=high', '--no_wait', '--record=r', '--rows=mlp', '--config.seeds=1', '--parallel=2']
-  assert slurm.job_args(argv) == ['--config=configs/study/tiny.py', '--workdir=/tmp/x', '--config.seeds=1']
+def test_a_job_runs_byol_jax_main_on_its_run_directory_and_sbatch_options_are_checked(tmp_path):
+  job = slurm.RunJob(str(tmp_path / 'mlp' / 'seed0'), 'mlp/seed0')
+  assert job.path == str(tmp_path / 'mlp' / 'seed0')
+  assert launch.main_command(job.path)[1:] == [
+      '-m', 'byol_jax.main', f'--config={ROOT}/configs/run.py:{job.path}', f'--workdir={job.path}']
   assert slurm.sbatch_args(['qos=high', '--account=lab', 'exclusive', 'mail-type=END']) == {
       'qos': 'high', 'account': 'lab', 'exclusive': True, 'mail_type': 'END'}
   with pytest.raises(slurm.SlurmError, match='write sbatch options as key=value'):
@@ -104,7 +105,7 @@ def test_controller_down_is_one_line(cluster, tmp_path, monkeypatch):
 
 def test_slurm_study_equals_the_local_study(cluster, tmp_path):
   """--no_wait submits one job array and returns; a second call does not submit the runs again; a waiting call
-  collects. The results equal those of the same study run here, one run after another."""
+  collects. The results equal those of the same study run here, one run after another (the in-process launcher)."""
   workdir = tmp_path / 'slurm'
   code, out = _run(workdir, '--no_wait', *FAST)
   assert code == 0 and 'submitted 2 runs to SLURM as job ' in out and 'mlp/seed0, none/seed0' in out, out
@@ -167,7 +168,9 @@ def test_job_that_fails_for_good_names_its_log(cluster, tmp_path):
                    '--config.base.data.path=/nonexistent/fmnist', *FAST)
   errors = [l for l in _lines(out) if l.startswith('error:')]
   assert code == 2 and len(errors) == 1, out
-  log = slurm.read_jobs(str(workdir))['none:0']['log']
+  job_log = slurm.read_jobs(str(workdir))['none:0']['log']
+  log = workdir / 'none' / 'seed0' / 'log.txt'
   assert errors[0].startswith('error: study tiny.py: run none/seed0 failed for good: SLURM job ') and \
-      errors[0].endswith(f'ended FAILED after 1 attempt (--slurm_max_retries=0); log: {log}'), errors[0]
-  assert '/nonexistent/fmnist' in open(log).read()
+      errors[0].endswith(f"ended FAILED after 1 attempt (--slurm_max_retries=0); log: {log} (the job's: "
+                         f'{job_log})'), errors[0]
+  assert '/nonexistent/fmnist' in log.read_text() and 'exited with status 2' in open(job_log).read()

@@ -9,6 +9,8 @@ import pytest
 from byol_jax import config as config_lib, optim, spectral, state as state_lib, step as step_lib
 from configs import tiny
 
+pytestmark = pytest.mark.usefixtures('xla_unoptimized')  # numbers against numbers: compile little
+
 GLOBAL_BATCH = 16
 
 
@@ -57,7 +59,7 @@ def _reference(kind):
 
 # DirectPred exercises every collective: gradients, BatchNorm statistics (backbone and projector) and F.
 @pytest.mark.parametrize('kind', ['directpred'])
-@pytest.mark.parametrize('devices', [2, 8])
+@pytest.mark.parametrize('devices', [2, pytest.param(8, marks=pytest.mark.slow)])
 def test_same_update_on_1_2_and_8_devices(kind, devices):
   ref_state, ref_losses = _reference(kind)
   _, state, fn = make(**{'predictor.kind': kind})
@@ -69,6 +71,7 @@ def test_same_update_on_1_2_and_8_devices(kind, devices):
   chex.assert_trees_all_close(got_state.corr, ref_state.corr, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow  # two compilations of the step on 4 devices
 def test_pmap_gives_the_same_numbers_as_shard_map():
   _, state, fn = make(**{'predictor.kind': 'directpred'})
   sm_state, sm_losses = run_shard_map(state, fn, batches(2), 4)
@@ -88,6 +91,7 @@ def test_directpred_sets_wp_from_the_eigen_formula_of_f():
   assert int(state.corr_count) == 2
 
 
+@pytest.mark.slow  # a program of its own (freq is a constant of it)
 def test_directpred_freq_keeps_sgd_updates_between_resets():
   c, state, fn = make(**{'predictor.kind': 'directpred', 'predictor.freq': 2})
   step = step_lib.shard_map_step(fn, step_lib.make_mesh(1), donate=False)
@@ -101,10 +105,22 @@ def test_directpred_freq_keeps_sgd_updates_between_resets():
   assert np.abs(w_sgd - np.asarray(spectral.directpred_predictor(s2.corr, c.predictor.eps))).max() > 1e-5
 
 
+@functools.lru_cache(maxsize=None)
+def _symmetric_ema_steps():
+  """Two steps of one program that two tests read (a symmetric linear predictor, a constant EMA rate of 0.9): the
+  states before and after each step and the metrics of each."""
+  _, state, fn = make(**{'predictor.kind': 'linear_symmetric', 'ema.tau_base': 0.9, 'ema.schedule': 'constant'})
+  step = step_lib.shard_map_step(fn, step_lib.make_mesh(1), donate=False)
+  states, metrics = [state], []
+  for b in batches(2):
+    state, m = step(state, b)
+    states.append(state)
+    metrics.append(m)
+  return states, metrics
+
+
 def test_symmetric_predictor_stays_symmetric():
-  _, state, fn = make(**{'predictor.kind': 'linear_symmetric'})
-  state, _ = run_shard_map(state, fn, batches(2), 1)
-  w = np.asarray(state.params['predictor']['kernel'])
+  w = np.asarray(_symmetric_ema_steps()[0][-1].params['predictor']['kernel'])
   np.testing.assert_allclose(w, w.T, atol=1e-7)
 
 
@@ -116,6 +132,7 @@ def _grad_through_target(stop_gradient):
   return jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new.params['tower'], state.params['tower'])
 
 
+@pytest.mark.slow  # two programs of their own
 def test_stop_gradient_switch_really_changes_the_gradient():
   with_sg = _grad_through_target(True)
   without_sg = _grad_through_target(False)
@@ -124,8 +141,7 @@ def test_stop_gradient_switch_really_changes_the_gradient():
 
 
 def test_byol_target_is_an_ema_of_the_online_tower():
-  c, state, fn = make(**{'ema.tau_base': 0.9, 'ema.schedule': 'constant'})
-  new, m = step_lib.shard_map_step(fn, step_lib.make_mesh(1), donate=False)(state, batches(1)[0])
+  (state, new, _), (m, _) = _symmetric_ema_steps()
   expected = jax.tree.map(lambda t, o: 0.9 * t + 0.1 * o, state.target_params, new.params['tower'])
   chex.assert_trees_all_close(new.target_params, expected, atol=1e-6)
   assert float(m['tau']) == pytest.approx(0.9)

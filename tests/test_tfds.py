@@ -219,6 +219,7 @@ def test_crop_window_distribution():
 # ----------------------------------------------------------------------------------------------------
 # The device half: augment.two_views_from_crops
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_two_views_from_crops_matches_augment_view():
   import functools
 
@@ -244,6 +245,8 @@ def test_two_views_from_crops_matches_augment_view():
 # ----------------------------------------------------------------------------------------------------
 # The user's command on ImageNet: configs/imagenet.py with a tiny network, end to end
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a training run with evaluations
+@pytest.mark.usefixtures('xla_unoptimized')
 def test_imagenet_config_runs_end_to_end_on_a_fake_imagenet(imagenet_dir, tmp_path):
   import importlib.util
   from byol_jax import train
@@ -258,7 +261,7 @@ def test_imagenet_config_runs_end_to_end_on_a_fake_imagenet(imagenet_dir, tmp_pa
   c.model.projector_hidden, c.model.projector_dim, c.predictor.hidden = 32, 16, 32
   c.train.batch_size, c.train.steps, c.train.checkpoint_every, c.train.log_every = 8, 3, 3, 1
   c.optim.warmup_steps = 1
-  c.train.progress_bar = False
+  c.train.progress_bar, c.train.num_devices = False, 2  # 2 of the tests' 8 devices: the data path is under test
   c.eval.num_train, c.eval.batch_size, c.eval.knn_k, c.eval.probe_epochs = 24, 8, 5, 2
   summary = train.run(c, str(tmp_path))
   records = read_metrics(str(tmp_path / 'metrics.jsonl'))

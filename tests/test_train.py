@@ -1,4 +1,5 @@
-"""End to end: a short run with evaluation, resume after SIGKILL / SIGTERM, NaN stop, bad input, embed."""
+"""End to end: a short run with evaluation, resume after SIGKILL / SIGTERM / Ctrl-C, a restart with another config
+refused, a cut metrics line survived, NaN stop, bad input, embed."""
 import glob
 import json
 import os
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from byol_jax import config as config_lib, train
+from byol_jax import config as config_lib, rundir, train
 from byol_jax.logging_utils import read_metrics
 from configs import tiny
 
@@ -181,11 +182,125 @@ def test_sigterm_during_an_evaluation_is_not_lost(tmp_path, monkeypatch, referen
   assert evaluated == [0, tiny_config().train.steps]
 
 
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_restart_is_exact(reference_run, tmp_path):
+  ref_dir, ref_summary = reference_run
+  workdir = str(tmp_path / 'run')
+  code, out = _kill_when(cli(workdir), workdir, lambda w: 2 in losses_by_step(w), signal.SIGINT)
+  assert code == 130 and 'Traceback' not in out and 'KeyboardInterrupt' not in out, out
+  stopped = [l for l in out.splitlines() if l.startswith('Ctrl-C at step ')]
+  assert len(stopped) == 1 and 'checkpoint saved to' in stopped[0], out
+  step = int(stopped[0].split('Ctrl-C at step ')[1].split(':')[0])
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
+  proc = cli(workdir)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0 and f'Resuming from step {step}' in out, out
+  got, ref = losses_by_step(workdir), losses_by_step(ref_dir)
+  assert sorted(got) == sorted(ref)
+  np.testing.assert_allclose([got[k] for k in sorted(got)], [ref[k] for k in sorted(ref)], rtol=1e-6)
+  assert rundir.read_summary(workdir)['final_linear_probe_top1'] == pytest.approx(
+      ref_summary['final_linear_probe_top1'], abs=1e-6)
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused_while_the_first_finishes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = cli(workdir)
+  t0 = time.time()
+  while not losses_by_step(workdir):  # the first one is training
+    assert first.poll() is None and time.time() - t0 < 300, first.communicate()
+    time.sleep(0.01)
+  second = cli(workdir)
+  out, _ = second.communicate(timeout=300)
+  lines = [l for l in out.splitlines() if l.strip()]
+  assert second.returncode == 2 and len(lines) == 1, out
+  assert lines[0].startswith(f'error: {workdir} is in use: process {first.pid} (since 20'), out
+  out, _ = first.communicate(timeout=600)
+  assert first.returncode == 0, out
+  steps = [r['step'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r]
+  assert steps == list(range(1, tiny_config().train.steps + 1))  # each step once: nothing of the second's
+  assert rundir.busy(workdir) is None  # released with its process
+
+
+_TWO_CTRL_C = """
+import os, signal, sys
+sys.path.insert(0, '.')
+from byol_jax import train
+from byol_jax.logging_utils import MetricsLog
+from configs import tiny
+write = MetricsLog.write
+def write_then_ctrl_c_twice(self, step, record):
+  write(self, step, record)
+  if step == 2 and 'loss' in record:  # training, between two checkpoints (every 3 steps)
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+MetricsLog.write = write_then_ctrl_c_twice
+c = tiny.get_config()
+c.train.eval_at_start = False
+train.run(c, sys.argv[1])
+"""
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', _TWO_CTRL_C, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines()[-1] == ('Ctrl-C again: stopped at once, without saving (the last checkpoint '
+                                                  'stands)'), proc.stderr[-3000:]
+  assert not os.path.exists(tmp_path / 'checkpoints' / '2') and 'Traceback' not in proc.stderr
+
+
+def _copy_run(src, dest):
+  import shutil
+  shutil.copytree(src, dest, ignore=shutil.ignore_patterns('tensorboard', '*.png'))
+  return str(dest)
+
+
+def test_a_restart_with_another_config_is_refused_before_anything_is_written(reference_run, tmp_path):
+  """The identity of the run a folder holds (rundir.identity) must equal the restart's; execution settings may
+  change."""
+  ref_dir, ref_summary = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / 'run')
+  before = {f: open(os.path.join(workdir, f), 'rb').read() for f in ('config.json', 'metrics.jsonl', 'summary.json')}
+  width = tiny_config().model.width
+  with pytest.raises(rundir.RunDirError, match=rf'holds a run of another config \(model.width: {width} there, '
+                                               rf'{2 * width} now\); run it with the config it was started with'):
+    train.run(tiny_config(**{'model.width': 2 * width}), workdir)
+  assert {f: open(os.path.join(workdir, f), 'rb').read() for f in before} == before
+  proc = cli(workdir, '--config.optim.lr=0.5')  # from the command line: one line, exit 2
+  out, _ = proc.communicate(timeout=300)
+  lines = [l for l in out.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and 'optim.lr: 0.03 there, 0.5 now' in lines[0], out
+  assert {f: open(os.path.join(workdir, f), 'rb').read() for f in before} == before
+  # An execution setting may change: the finished run is read back, not trained again.
+  summary = train.run(tiny_config(**{'train.log_every': 3}), workdir)
+  assert summary['final_linear_probe_top1'] == ref_summary['final_linear_probe_top1']
+  assert rundir.read_config(workdir)['train']['log_every'] == 3
+
+
+def test_a_cut_last_metrics_line_is_survived_and_a_bad_line_elsewhere_is_named(reference_run, tmp_path, capsys):
+  ref_dir, ref_summary = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / 'run')
+  path = os.path.join(workdir, 'metrics.jsonl')
+  lines = open(path).read().splitlines(keepends=True)
+  with open(path, 'a') as f:
+    f.write('{"step": 7, "loss": 0.1')  # SIGKILL while a record was written
+  summary = train.run(tiny_config(), workdir)  # resumes (at its end): reads the file, drops the cut line
+  assert summary['final_linear_probe_top1'] == ref_summary['final_linear_probe_top1']
+  warnings = [l for l in capsys.readouterr().err.splitlines() if 'metrics.jsonl' in l]
+  assert warnings == [f'warning: {path} line {len(lines) + 1}: a cut last record (the process was killed while '
+                      'writing it); dropped'], warnings
+  assert open(path).read() == ''.join(lines)  # the run rewrote the file without it
+  with open(path, 'w') as f:
+    f.writelines(lines[:2] + ['not json\n'] + lines[2:])
+  with pytest.raises(rundir.RunDirError, match=rf'^{path} line 3: not a JSON record; repair or delete that line$'):
+    rundir.read_metrics(path)
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
   c = tiny_config(**{'optim.lr': 1e30, 'train.steps': 6, 'train.checkpoint_every': 1,
                      'train.eval_at_start': False})
   with pytest.raises(train.TrainingDiverged, match='Last good checkpoint') as err:
     train.run(c, str(tmp_path))
+  assert rundir.read_diverged(str(tmp_path)) == {'message': str(err.value)} and rundir.status(str(tmp_path)) == 'diverged'
   saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
   bad_step = int(str(err.value).split('at step ')[1].split(' ')[0])
   assert all(s < bad_step for s in saved)

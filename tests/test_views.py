@@ -3,12 +3,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from byol_jax import config as config_lib
 from byol_jax.models.heads import Tower
 from byol_jax.models.norm import ViewBatchNorm, set_views
+
+pytestmark = pytest.mark.usefixtures('xla_unoptimized')  # numbers against numbers: compile little
 
 
 def _tower(views):

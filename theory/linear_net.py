@@ -195,11 +195,12 @@ def train(net0: Net, key, *, num_steps: int, lr: float, alpha_p: float = 1.0, et
           beta: float = 1.0, x: jax.Array, x_prime: jax.Array, batch_size: int | None = None,
           predictor: str = 'symmetric', stop_grad: bool = True, target: str = 'ema',
           directpred_eps: float = 0.0, directpred_power: float = 2.0, directpred_rho: float | None = 0.3,
-          record_every: int = 10, basis: jax.Array | None = None):
+          record_every: int = 10, basis: jax.Array | None = None, directpred_projection: float = 0.0):
   """Discrete training of the linear network; returns (times [R+1], metrics dict of [R+1, ...], final net).
 
   Per step, with lr alpha: W <- W - alpha (dJ/dW + eta W); W_p <- W_p - alpha alpha_p (dJ/dW_p + eta W_p)
-  (symmetrised for `symmetric`; overwritten by DirectPred for `directpred`); W_a <- W_a + alpha beta (W - W_a)
+  (symmetrised for `symmetric`; overwritten by DirectPred for `directpred`: `directpred_eps`, `_power` c,
+  `_projection` as byol_jax.spectral.directpred_eigenvalues); W_a <- W_a + alpha beta (W - W_a)
   (`target='online'`: W_a = W, SimSiam). `stop_grad=False` lets the gradient flow into the target branch.
   `batch_size=None` uses the population loss (expected gradient); otherwise minibatches are sampled.
   Time of record r is r * record_every * alpha. Jitted end to end (lax.scan).
@@ -234,7 +235,7 @@ def train(net0: Net, key, *, num_steps: int, lr: float, alpha_p: float = 1.0, et
     if predictor == 'directpred':
       # F_hat from the predictor input f = W x (both views), as the reference code does.
       corr = update_correlation(corr, w @ in_corr @ w.T, count, directpred_rho)
-      new_w_p = directpred_predictor(corr, directpred_eps, directpred_power)
+      new_w_p = directpred_predictor(corr, directpred_eps, directpred_power, projection=directpred_projection)
     else:
       if predictor == 'symmetric':
         g_p = symmetrize(g_p)

@@ -24,9 +24,14 @@ import numpy as np
 
 from byol_jax import cli
 
-cli.define_config_file(None, 'Path to a configs/theory/*.py file.')
-flags.DEFINE_string('workdir', None, 'Output directory.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags, defined only when it runs: `run` is also a library function (tests, notebooks), and
+  importing it must not claim --config or --workdir in a process that defines its own."""
+  cli.define_config_file(None, 'Path to a configs/theory/*.py file.')
+  flags.DEFINE_string('workdir', None, 'Output directory.')
 
 
 def _floats(a):
@@ -130,4 +135,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -13,7 +13,7 @@ zeros, which darkens the border; torchvision's GaussianBlur, used by the STL/CIF
 Internally one view is processed in planar [C, H, W] layout (XLA:CPU handles a channels-last minor
 axis of size 3 slowly), the colour jitter as a list of channel planes, and transposed back at the
 end. What it costs is memory traffic: on an H100, per XLA's compiled program
-(scripts/gpu_aot_estimate.py), the 'stl10' preset at 96 px moves 1.2 GB per batch of 256 (two views),
+(scripts/gpu/aot_estimate.py), the 'stl10' preset at 96 px moves 1.2 GB per batch of 256 (two views),
 >= 0.37 ms. On a 2-core CPU, two views of 256 images (normalised, bf16) take about 7 ms (28x28x1,
 'fashion_mnist') and 34 ms (32x32x3, 'cifar10'), plus 4-7 s of one-off compile time (mostly the
 threefry hashes). `python -m byol_jax.bench --augment_ops` times it, and each op's share, on any device.

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from typing import Iterator
 
 import numpy as np
 
-FASHION_MNIST_PATH = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_PATH = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
+FASHION_MNIST_URL = 'https://github.com/zalandoresearch/fashion-mnist'  # data/fashion/*.gz
 _FASHION_MNIST_FILES = {
     'train_images': 'train-images-idx3-ubyte.gz',
     'train_labels': 'train-labels-idx1-ubyte.gz',
@@ -36,30 +38,48 @@ _INFO = {
 }
 
 
-def _missing(what: str, path: str) -> FileNotFoundError:
+class DatasetFileError(FileNotFoundError):
+  """A dataset file that cannot be read (truncated, not gzip, a wrong IDX header); the message, one line, names it
+  (and, from `load_fashion_mnist`, how to get it again). A FileNotFoundError: a damaged copy is no copy, and the
+  entry points print those as one line."""
+
+
+def _missing(what: str, path: str, tried_tfds: str = '') -> FileNotFoundError:
   return FileNotFoundError(
-      f'Fashion-MNIST {what} not found at {path!r}: install it with '
+      f'Fashion-MNIST {what} not found at {path!r}{tried_tfds}: install it with '
       f'`apt-get install dataset-fashion-mnist` (Debian), or download the four *-ubyte.gz files '
-      f'from https://github.com/zalandoresearch/fashion-mnist into a folder and pass '
-      f'--config.data.path=<folder>')
+      f'from {FASHION_MNIST_URL} into a folder and pass --config.data.path=<folder>')
 
 
 def read_idx(filename: str, magic: int) -> np.ndarray:
-  """Reads a gzipped IDX file of unsigned bytes, checking its magic number and size."""
-  with gzip.open(filename, 'rb') as f:
-    data = f.read()
+  """Reads a gzipped IDX file of unsigned bytes, checking its magic number and size; DatasetFileError (one line,
+  naming the file) when it is damaged."""
+  try:
+    with gzip.open(filename, 'rb') as f:
+      data = f.read()
+  except EOFError:  # gzip's words for a cut file ("Compressed file ended before the end-of-stream marker...")
+    raise DatasetFileError(f'{filename} is truncated (its gzip stream ends early)') from None
+  except (OSError, zlib.error) as e:  # gzip.BadGzipFile (an OSError): not gzip, or a CRC mismatch; zlib: bad data
+    raise DatasetFileError(f'{filename} is damaged ({e})') from None
   if len(data) < 8:
-    raise ValueError(f'{filename}: truncated IDX header')
+    raise DatasetFileError(f'{filename}: truncated IDX header')
   found = int.from_bytes(data[0:4], 'big')
   if found != magic:
-    raise ValueError(f'{filename}: IDX magic number {found}, expected {magic}')
+    raise DatasetFileError(f'{filename}: IDX magic number {found}, expected {magic}')
   ndim = magic & 0xFF
   header = 4 + 4 * ndim
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
   arr = np.frombuffer(data, dtype=np.uint8, offset=header)
   if arr.size != int(np.prod(shape)):
-    raise ValueError(f'{filename}: {arr.size} bytes of data, header says shape {shape}')
+    raise DatasetFileError(f'{filename}: {arr.size} bytes of data, header says shape {shape}')
   return arr.reshape(shape)
+
+
+def _get_again(filename: str) -> str:
+  """How to replace a damaged Fashion-MNIST file."""
+  if os.path.dirname(os.path.abspath(filename)) == FASHION_MNIST_PATH:
+    return 'reinstall it: `apt-get install --reinstall dataset-fashion-mnist`'
+  return f'download {os.path.basename(filename)} again from {FASHION_MNIST_URL} (data/fashion/)'
 
 
 def load_fashion_mnist(path: str = FASHION_MNIST_PATH) -> dict:
@@ -67,7 +87,8 @@ def load_fashion_mnist(path: str = FASHION_MNIST_PATH) -> dict:
 
   Returns {'train': {'images': uint8 [60000, 28, 28, 1], 'labels': int32 [60000]},
            'test': {'images': uint8 [10000, 28, 28, 1], 'labels': int32 [10000]}}.
-  Raises FileNotFoundError (saying how to get the data) if the folder or a file is missing.
+  Raises FileNotFoundError (saying how to get the data) if the folder or a file is missing, DatasetFileError
+  (naming the file and how to get it again) if one is damaged.
   """
   if not os.path.isdir(path):
     raise _missing('folder', path)
@@ -76,10 +97,17 @@ def load_fashion_mnist(path: str = FASHION_MNIST_PATH) -> dict:
     files[key] = os.path.join(path, name)
     if not os.path.isfile(files[key]):
       raise _missing(f'file {name}', path)
+
+  def read(key: str, magic: int) -> np.ndarray:
+    try:
+      return read_idx(files[key], magic)
+    except DatasetFileError as e:
+      raise DatasetFileError(f'{e}; {_get_again(files[key])}') from None
+
   out = {}
   for split in ('train', 'test'):
-    images = read_idx(files[f'{split}_images'], _IDX_IMAGES_MAGIC)
-    labels = read_idx(files[f'{split}_labels'], _IDX_LABELS_MAGIC)
+    images = read(f'{split}_images', _IDX_IMAGES_MAGIC)
+    labels = read(f'{split}_labels', _IDX_LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
       raise ValueError(f'Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels')
     out[split] = {'images': images[..., None], 'labels': labels.astype(np.int32)}
@@ -145,9 +173,33 @@ def dataset_info(name: str) -> dict:
   return dict(_INFO[name])
 
 
-def load_dataset(name: str, path: str | None = None, seed: int = 0, **synthetic_kwargs) -> dict:
-  """'fashion_mnist' (from `path`, default /usr/share/datasets/fashion-mnist) or 'synthetic'."""
+def fashion_mnist_from_tfds(data_dir: str | None = None) -> dict:
+  """Fashion-MNIST through tensorflow-datasets (`fashion_mnist`, downloaded and prepared in `data_dir`, else
+  $TFDS_DATA_DIR or ~/tensorflow_datasets, the first time), for where Debian's files are absent; says in one line
+  where it looked.
+
+  The same 70,000 images as the IDX files, in tfds's order: a run's numbers are those of another data order, not
+  bit for bit those of a run on Debian's files. FileNotFoundError (one line, naming both places) when tfds cannot get it.
+  """
+  try:
+    from byol_jax.data import tfds_source  # TensorFlow is imported only on this path
+    data, where = tfds_source.load_fashion_mnist(data_dir)
+  except Exception as e:  # noqa: BLE001 - no TensorFlow, no network, a failed download: all end in the same line
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise _missing('folder', FASHION_MNIST_PATH, f' and tensorflow-datasets could not fetch it ({reason})') from None
+  print(f'Fashion-MNIST: not in {FASHION_MNIST_PATH} (Debian\'s dataset-fashion-mnist); read through tfds from '
+        f'{where}', flush=True)
+  return data
+
+
+def load_dataset(name: str, path: str | None = None, seed: int = 0, tfds_data_dir: str | None = None,
+                 **synthetic_kwargs) -> dict:
+  """'fashion_mnist' (from `path`; by default /usr/share/datasets/fashion-mnist, else through tfds, prepared in
+  `tfds_data_dir`) or 'synthetic'."""
   if name == 'fashion_mnist':
+    if path is None and not all(os.path.isfile(os.path.join(FASHION_MNIST_PATH, f))
+                                for f in _FASHION_MNIST_FILES.values()):
+      return fashion_mnist_from_tfds(tfds_data_dir)
     return load_fashion_mnist(path or FASHION_MNIST_PATH)
   if name == 'synthetic':
     return synthetic_dataset(seed=seed, **synthetic_kwargs)

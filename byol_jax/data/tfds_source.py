@@ -205,6 +205,36 @@ def load_in_memory(name: str, data_dir: str | None = None, image_size: int | Non
   return data, info
 
 
+def _reachable(url: str, timeout_s: float = 10.0) -> None:
+  """Raises ConnectionError at once when the host of `url` cannot be reached: offline, tfds's downloader retries
+  with back-off for minutes before it gives up."""
+  import socket
+  import urllib.parse
+  parts = urllib.parse.urlsplit(url)
+  if not parts.hostname:
+    return
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+  except OSError as e:
+    raise ConnectionError(f'cannot reach {parts.hostname}:{port} ({e})') from None
+
+
+def load_fashion_mnist(data_dir: str | None = None) -> tuple[dict, str]:
+  """Fashion-MNIST from tfds (`fashion_mnist`; downloaded and prepared in data_dir the first time), in the layout of
+  `sources.load_fashion_mnist`: {'train': {'images': uint8 [60000, 28, 28, 1], 'labels': int32 [60000]},
+  'test': {...}}; and the folder it was read from."""
+  builder = _builder('fashion_mnist', data_dir)
+  if not builder.is_prepared():
+    _reachable(getattr(builder, 'URL', ''))
+  builder.download_and_prepare()  # nothing to do once prepared
+  data = {}
+  for split in ('train', 'test'):
+    images, labels = _read_split(builder, 'fashion_mnist', split, data_dir)
+    data[split] = {'images': images, 'labels': labels}
+  return data, str(builder.data_dir)
+
+
 def dataset_info(name: str) -> dict:
   """num_classes, image_shape, mean, std of a tfds dataset (no TensorFlow needed)."""
   if name not in _INFO:

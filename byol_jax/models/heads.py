@@ -26,7 +26,11 @@ def linear(cin, cout, *, use_bias=True, dtype=jnp.float32, rngs):
 
 
 class MLP(nnx.Module):
-  """Linear -> BatchNorm -> ReLU -> Linear (BYOL's projector and 2-layer predictor)."""
+  """Linear -> BatchNorm -> ReLU -> Linear (BYOL's projector and 2-layer predictor).
+
+  `last_bias`: whether the output Linear has a bias: the paper's reference code's nn.Linear does, BYOL's
+  Linear(with_bias=False) does not (under LARS an unadapted, undecayed output bias moves fast at BYOL's lr).
+  """
 
   def __init__(self, cin, hidden, cout, *, bn_affine=True, last_bias=True, axis_name='data',
                dtype=jnp.float32, rngs):
@@ -51,9 +55,10 @@ class Tower(nnx.Module):
     m = config.model
     self.encoder = ResNet(m.backbone, in_channels=in_channels, width=m.width, stem=m.stem,
                           max_pool_impl=m.max_pool_impl, conv_impl=m.conv_impl, axis_name='data', dtype=dtype,
-                          rngs=rngs)
+                          zero_init_last_bn_scale=m.zero_init_last_bn_scale, padding=m.padding, rngs=rngs)
     self.projector = MLP(self.encoder.out_dim, m.projector_hidden, m.projector_dim,
-                         bn_affine=m.projector_bn_affine, axis_name='data', dtype=dtype, rngs=rngs)
+                         bn_affine=m.projector_bn_affine, last_bias=m.projector_output_bias, axis_name='data',
+                         dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     features = self.encoder(x)
@@ -63,7 +68,8 @@ class Tower(nnx.Module):
 def make_predictor(config, *, dtype, rngs):
   p, d = config.predictor, config.model.projector_dim
   if p.kind == 'mlp':
-    return MLP(d, p.hidden, d, bn_affine=p.bn_affine, axis_name='data', dtype=dtype, rngs=rngs)
+    return MLP(d, p.hidden, d, bn_affine=p.bn_affine, last_bias=p.output_bias, axis_name='data', dtype=dtype,
+               rngs=rngs)
   if p.kind in ('linear', 'linear_symmetric'):
     return linear(d, d, use_bias=p.use_bias, dtype=dtype, rngs=rngs)
   if p.kind in ('directpred', 'directcopy'):

@@ -8,6 +8,9 @@ The ImageNet stem's max-pool, three implementations of one function (the same ou
 'phases' is `max_pool_3x3_s2_phases` (the same forward; the backward written on the input's 2x2 phases, dense
 shifts instead of strided pads: ~1.6x faster pool than XLA's on CPU), 'xla' is nnx.max_pool; 'auto' (default)
 picks 'taps' on GPUs, 'phases' on CPUs and 'xla' on TPUs.
+`padding='symmetric'` (default) pads as torchvision does; 'same' as TensorFlow/Haiku (DeepMind's BYOL): at stride 2
+on an even side one pixel less before than after, in the stem convolution, the max-pool and the strided 3x3
+convolutions (their CPU kernels and the taps/phases pools then give way to XLA's: byol_jax/weights.py imports).
 BatchNorm takes `axis_name` so that, inside shard_map/pmap, its statistics are over the global batch, and
 keeps per-view statistics when the views share one pass (models/norm.py).
 """
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from byol_jax.choices import CONV_IMPLS, MAX_POOL_IMPLS, STEMS
+from byol_jax.choices import CONV_IMPLS, MAX_POOL_IMPLS, PADDINGS, STEMS
 from byol_jax.models.native import conv as cpu_conv, cpu_has_avx2, kernels
 from byol_jax.models.norm import ViewBatchNorm
 
@@ -34,6 +37,8 @@ ARCHITECTURES = {
     'resnet34': ('basic', (3, 4, 6, 3)),
     'resnet50': ('bottleneck', (3, 4, 6, 3)),
     'resnet101': ('bottleneck', (3, 4, 23, 3)),
+    'resnet152': ('bottleneck', (3, 8, 36, 3)),
+    'resnet200': ('bottleneck', (3, 24, 36, 3)),  # BYOL's largest (ResNet-200 2x: width 128)
 }
 
 # The convolution function of each conv_impl (models/native/conv.py: XLA:CPU's slow cases as matrix products;
@@ -52,9 +57,13 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
-def _conv(cin, cout, k, stride, dtype, rngs, conv_impl='xla'):
+def _conv(cin, cout, k, stride, dtype, rngs, conv_impl='xla', padding='symmetric'):
   pad = (k - 1) // 2
-  return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False,
+  # padding='same' (TensorFlow/Haiku) differs from symmetric only for a kernel > 1 at stride 2 on an even side: one
+  # pixel less before than after. XLA's convolution takes 'SAME'; a string padding routes the CPU conv_impls
+  # (native, matmul_small) to it, so those layers run on XLA's convolution (docs/weights.md).
+  pads = 'SAME' if padding == 'same' and stride > 1 and k > 1 else ((pad, pad), (pad, pad))
+  return nnx.Conv(cin, cout, (k, k), strides=stride, padding=pads, use_bias=False,
                   kernel_init=conv_init, dtype=dtype, rngs=rngs, conv_general_dilated=CONV_FUNCTIONS[conv_impl])
 
 
@@ -154,12 +163,13 @@ def _bn(c, axis_name, dtype, rngs, zero_scale=False):
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, cin, width, stride, *, axis_name, dtype, rngs, conv_impl='xla'):
+  def __init__(self, cin, width, stride, *, axis_name, dtype, rngs, conv_impl='xla', zero_init_last_bn_scale=False,
+               padding='symmetric'):
     cout = width * self.expansion
-    self.conv1 = _conv(cin, width, 3, stride, dtype, rngs, conv_impl)
+    self.conv1 = _conv(cin, width, 3, stride, dtype, rngs, conv_impl, padding)
     self.bn1 = _bn(width, axis_name, dtype, rngs)
     self.conv2 = _conv(width, cout, 3, 1, dtype, rngs, conv_impl)
-    self.bn2 = _bn(cout, axis_name, dtype, rngs)
+    self.bn2 = _bn(cout, axis_name, dtype, rngs, zero_scale=zero_init_last_bn_scale)
     needs_projection = stride != 1 or cin != cout
     self.shortcut = _conv(cin, cout, 1, stride, dtype, rngs, conv_impl) if needs_projection else None
     self.shortcut_bn = _bn(cout, axis_name, dtype, rngs) if needs_projection else None
@@ -175,14 +185,15 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin, width, stride, *, axis_name, dtype, rngs, conv_impl='xla'):
+  def __init__(self, cin, width, stride, *, axis_name, dtype, rngs, conv_impl='xla', zero_init_last_bn_scale=False,
+               padding='symmetric'):
     cout = width * self.expansion
     self.conv1 = _conv(cin, width, 1, 1, dtype, rngs, conv_impl)
     self.bn1 = _bn(width, axis_name, dtype, rngs)
-    self.conv2 = _conv(width, width, 3, stride, dtype, rngs, conv_impl)  # stride on the 3x3, as torchvision (v1.5)
+    self.conv2 = _conv(width, width, 3, stride, dtype, rngs, conv_impl, padding)  # stride on the 3x3, as torchvision (v1.5)
     self.bn2 = _bn(width, axis_name, dtype, rngs)
     self.conv3 = _conv(width, cout, 1, 1, dtype, rngs, conv_impl)
-    self.bn3 = _bn(cout, axis_name, dtype, rngs)
+    self.bn3 = _bn(cout, axis_name, dtype, rngs, zero_scale=zero_init_last_bn_scale)
     needs_projection = stride != 1 or cin != cout
     self.shortcut = _conv(cin, cout, 1, stride, dtype, rngs, conv_impl) if needs_projection else None
     self.shortcut_bn = _bn(cout, axis_name, dtype, rngs) if needs_projection else None
@@ -197,11 +208,16 @@ class Bottleneck(nnx.Module):
 
 
 class ResNet(nnx.Module):
-  """ResNet trunk: images [B, H, W, C] in [0, 1] -> globally pooled features [B, out_dim] (float32)."""
+  """ResNet trunk: images [B, H, W, C] in [0, 1] -> globally pooled features [B, out_dim] (float32).
+
+  `zero_init_last_bn_scale`: the last BatchNorm of every residual block starts with scale 0, so each block starts
+  as its shortcut (Goyal et al. 2017; BYOL's Haiku ResNet does it in its bottleneck blocks). The random init is
+  otherwise the same: the same keys draw the same convolutions.
+  """
 
   def __init__(self, architecture: str, *, in_channels: int, width: int = 64, stem: str = 'imagenet',
                max_pool_impl: str = 'auto', conv_impl: str = 'auto', axis_name: str | None = 'data', dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+               zero_init_last_bn_scale: bool = False, padding: str = 'symmetric', rngs: nnx.Rngs):
     if architecture not in ARCHITECTURES:
       raise ValueError(f'unknown backbone {architecture!r}; choose one of {sorted(ARCHITECTURES)}')
     if stem not in STEMS:
@@ -210,14 +226,16 @@ class ResNet(nnx.Module):
       raise ValueError(f'unknown max_pool_impl {max_pool_impl!r}; choose one of {MAX_POOL_IMPLS}')
     if conv_impl not in CONV_IMPLS:
       raise ValueError(f'unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}')
+    if padding not in PADDINGS:
+      raise ValueError(f'unknown padding {padding!r}; choose one of {PADDINGS}')
     conv_impl = resolve_conv_impl(conv_impl)  # the same function either way; only the speed differs
     kind, stages = ARCHITECTURES[architecture]
     block = BasicBlock if kind == 'basic' else Bottleneck
     if max_pool_impl == 'auto':  # the same function either way; only the speed differs
       max_pool_impl = {'gpu': 'taps', 'cpu': 'phases'}.get(jax.default_backend(), 'xla')
-    self.stem, self.max_pool_impl = stem, max_pool_impl
+    self.stem, self.max_pool_impl, self.padding = stem, max_pool_impl, padding
     self.stem_conv = _conv(in_channels, width, 7 if stem == 'imagenet' else 3, 1 if stem == 'cifar' else 2,
-                           dtype, rngs, conv_impl)
+                           dtype, rngs, conv_impl, padding)
     self.stem_bn = _bn(width, axis_name, dtype, rngs)
     blocks = []
     cin = width
@@ -225,7 +243,7 @@ class ResNet(nnx.Module):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
         blocks.append(block(cin, width * 2**i, stride, axis_name=axis_name, dtype=dtype, rngs=rngs,
-                            conv_impl=conv_impl))
+                            conv_impl=conv_impl, zero_init_last_bn_scale=zero_init_last_bn_scale, padding=padding))
         cin = width * 2**i * block.expansion
     self.blocks = nnx.List(blocks)
     self.out_dim = cin
@@ -233,7 +251,9 @@ class ResNet(nnx.Module):
   def __call__(self, x):
     x = nnx.relu(self.stem_bn(self.stem_conv(x)))
     if self.stem == 'imagenet':
-      if self.max_pool_impl == 'taps':
+      if self.padding == 'same':  # -inf padding as 'SAME' places it; the taps/phases pools pad (1, 1) only
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+      elif self.max_pool_impl == 'taps':
         x = max_pool_3x3_s2(x)
       elif self.max_pool_impl == 'phases':
         x = max_pool_3x3_s2_phases(x)

@@ -15,55 +15,78 @@ A study config (configs/study/*.py) holds
          comparisons: results give the paired difference of the linear probe (mean, sample std, 95%
          t-interval, n) and its verdict (results.py).
 
-Every (row, seed k) is an ordinary run, byol_jax.train.run(config, DIR/<row>/seed<k>/), with the row's
-switches applied to base and config.seed = (base seed, or the row's seed<n>) + k, so seed0 of a row is
+Every (row, seed k) is an ordinary run in its own run directory DIR/<row>/seed<k>/ (byol_jax/rundir.py), with the
+row's switches applied to base and config.seed = (base seed, or the row's seed<n>) + k, so seed0 of a row is
 exactly `python -m byol_jax.main` with the same config. In a study, `epochs<n>` scales base.train.steps by
 n/100 (the base stands for the paper's 100 epochs). Runs go seed-major (seed 0 of every row, then seed 1,
 ...), so a first complete table exists after a third of a 3-seed study.
 
+Before anything trains, the study writes every pending run's config.json; a launcher then runs `python -m
+byol_jax.main --config=configs/run.py:DIR/<row>/seed<k> --workdir=DIR/<row>/seed<k>` on each (byol_jax/study/
+launch.py): in this process (the default), `--parallel=N` processes at a time, or SLURM jobs (`--launcher=slurm`).
+Whatever the launcher, the study reads each run's outcome from its run directory, prints a line, rewrites the
+results and extends the record (runner.run_study).
+
 Running the same command again skips finished runs (summary.json present, config.json the same run: equal
-after leaving out the execution settings, records.EXECUTION_KEYS), resumes an interrupted one from its
+after leaving out the execution settings, rundir.EXECUTION_KEYS), resumes an interrupted one from its
 checkpoint, and refuses (before any run) a run folder that holds a different run. So a study resumes with or
-without --parallel and on another machine. A run that diverges (NaN) is recorded (diverged.json) and counted as such.
-SIGTERM stops the study after the current run has saved its checkpoint.
+without --parallel and on another machine. A run that diverges (NaN) is recorded (diverged.json) and counted as
+such. SIGTERM stops the study after the current runs have saved their checkpoints.
 
 `--parallel=N` trains N runs at a time, each in its own process pinned to one CPU core with one JAX device
-(base.train.cpu_devices=1, an execution setting). On a 2-core machine --parallel=2 gives 1.2-1.3x the
-throughput of one 2-device process (docs/study.md).
+(base.train.cpu_devices=1, an execution setting); each run's output goes to its DIR/<row>/seed<k>/log.txt. On a
+2-core machine --parallel=2 gives 1.2-1.3x the throughput of one 2-device process (docs/study.md).
 
 `--record=RECORD` makes a study span sittings and machines: RECORD holds finished runs without checkpoints
 (config, metrics, summary, plots: commit it). Runs found there are copied in instead of trained, each run that
 finishes here is added to it, and its results are written there too.
 
-`--runs=directpred:4,linear_sym:4,...` trains only those runs, in that order (with --parallel, worker i takes
-every N-th from i): the seeds that matter most first, when a study spans sittings. The results cover every
-finished run of the study.
+`--runs=directpred:4,linear_sym:4,...` trains only those runs, in that order: the seeds that matter most first,
+when a study spans sittings. The results cover every finished run of the study.
 
 `--reuse=DIR2,DIR3` links (relative symlink) a run whose config equals a finished run in another study
 folder or record instead of training it again: studies share rows (table3's `linear` is predictors' `linear`).
 With --record, the record gets a copy of each linked run, so it stands alone.
 
-After each run and at the end: DIR/results.json, DIR/results.md, DIR/results.png (see `write_results`), and
-for a weight decay x EMA rate grid of linear-predictor rows DIR/phase_diagram.png / .json (phase_map.py).
-Means are over the finished seeds of a row; std is the sample standard deviation (ddof=1) over seeds,
-null with one seed. Collapse indicators and the collapse rule: collapse.py.
+After each run and at the end: DIR/results.json, DIR/results.md, DIR/results.png (results.py), and the figures
+the study config names (`figures`: phase_diagram.png / .json for a weight decay x EMA rate grid, phase_map.py;
+lr_sweep.png / .json for an lr sweep, lr_sweep.py). Means are over the finished seeds of a row; std is the sample
+standard deviation (ddof=1) over seeds, null with one seed (stats.py). Collapse indicators and the collapse rule:
+byol_jax/collapse.py.
 
-`--launcher=slurm` submits the pending runs to a SLURM cluster instead, one job-array task per run, through
-submitit; `--no_wait` returns once they are submitted, and the same command collects later (byol_jax/study/slurm.py
-has the flags, resubmission and multi-node jobs; docs/cluster_and_own_data.md the commands).
+`--launcher=slurm` submits the pending runs to a SLURM cluster instead, one job per run, through submitit;
+`--no_wait` returns once they are submitted, and the same command collects later (byol_jax/study/slurm.py has the
+flags, resubmission and multi-node jobs; docs/cluster_and_own_data.md the commands).
 
 A bad study config (an unknown switch, a row whose run config fails byol_jax.config.validate, seeds < 1, a
---rows name not in rows, a paper entry, reference or pair naming no row) stops before any run with one line
-naming it, exit 2.
+--rows name not in rows, a paper entry, reference or pair naming no row, a figure its rows cannot draw) stops
+before any run with one line naming it, exit 2; so does a run that failed (one line each, with its log).
 """
 from __future__ import annotations
 
 import os
 import sys
 
-from byol_jax import config as config_lib
+from byol_jax import config as config_lib, rundir
+from byol_jax.study import launch
 from byol_jax.study.plan import StudyError, parse_runs
-from byol_jax.study.runner import run_parallel, run_study
+from byol_jax.study.runner import run_study
+
+
+def make_launcher(FLAGS, name: str):
+  """The launcher the flags ask for (byol_jax/study/launch.py's interface)."""
+  if FLAGS.launcher == 'slurm':
+    from byol_jax.study import slurm  # submitit is imported only here
+    if FLAGS.parallel > 1:
+      raise StudyError('--parallel is for --launcher=local; with SLURM each run is a job of its own')
+    opts = slurm.Options(
+        partition=FLAGS.slurm_partition, gpus=FLAGS.slurm_gpus, cpus=FLAGS.slurm_cpus, nodes=FLAGS.slurm_nodes,
+        tasks_per_node=FLAGS.slurm_tasks_per_node, time=FLAGS.slurm_time, mem=FLAGS.slurm_mem,
+        args=tuple(a for a in FLAGS.slurm_args if a), max_retries=FLAGS.slurm_max_retries, poll=FLAGS.slurm_poll)
+    return slurm.Slurm(FLAGS.workdir, opts, name)
+  if FLAGS.no_wait:
+    raise StudyError('--no_wait is for --launcher=slurm (a local study runs in this process)')
+  return launch.LocalProcesses(FLAGS.parallel) if FLAGS.parallel > 1 else launch.InProcess()
 
 
 def main(argv):
@@ -79,37 +102,20 @@ def main(argv):
     only = parse_runs(FLAGS.runs) if FLAGS.runs else None
     if FLAGS.parallel > 1:  # one JAX device per process: the runs' configs say so (repeat --parallel to resume)
       FLAGS.config.base.train.cpu_devices = 1
-    config_lib.set_cpu_devices(FLAGS.config.base)  # before JAX starts
-    if FLAGS.coordinator_address:  # a process of a multi-node SLURM job (slurm.py): byol_jax.main's flags
-      import jax
-      jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    if FLAGS.launcher == 'slurm':
-      from byol_jax.study import slurm  # submitit is imported only here
-      if FLAGS.parallel > 1 or only:
-        raise StudyError('--parallel and --runs are for --launcher=local; with SLURM each run is a job of its own')
-      opts = slurm.Options(
-          partition=FLAGS.slurm_partition, gpus=FLAGS.slurm_gpus, cpus=FLAGS.slurm_cpus, nodes=FLAGS.slurm_nodes,
-          tasks_per_node=FLAGS.slurm_tasks_per_node, time=FLAGS.slurm_time, mem=FLAGS.slurm_mem,
-          args=tuple(a for a in FLAGS.slurm_args if a), max_retries=FLAGS.slurm_max_retries, poll=FLAGS.slurm_poll)
-      outcome = slurm.run_slurm(FLAGS.config, FLAGS.workdir, sys.argv[1:], opts, FLAGS.rows, reuse, FLAGS.record,
-                                wait=not FLAGS.no_wait)
-    elif FLAGS.no_wait:
-      raise StudyError('--no_wait is for --launcher=slurm (a local study runs in this process)')
-    elif FLAGS.parallel > 1:
-      outcome = run_parallel(FLAGS.config, FLAGS.workdir, FLAGS.parallel, sys.argv, FLAGS.rows, reuse,
-                             record=FLAGS.record, only=only)
-    else:
-      outcome = run_study(FLAGS.config, FLAGS.workdir, FLAGS.rows, reuse_dirs=reuse, only=only, record=FLAGS.record)
-  except (StudyError, config_lib.ConfigError, FileNotFoundError) as e:
-    print(f'error: study {name}: {e}', file=sys.stderr)
+    config_lib.set_cpu_devices(FLAGS.config.base)  # before JAX starts (the in-process launcher trains here)
+    launcher = make_launcher(FLAGS, FLAGS.config.get('name', '') or 'study')
+    outcome = run_study(FLAGS.config, FLAGS.workdir, launcher, FLAGS.rows, reuse_dirs=reuse, only=only,
+                        record=FLAGS.record, wait=not FLAGS.no_wait)
+    if outcome['failed']:
+      raise StudyError('\n'.join(outcome['failed']))
+  except (StudyError, config_lib.ConfigError, rundir.RunDirError, FileNotFoundError) as e:
+    for line in str(e).splitlines():
+      print(f'error: study {name}: {line}', file=sys.stderr)
     sys.exit(2)
-  if outcome.get('failed'):
-    sys.exit(1)
   if outcome['preempted']:
-    print(f'study stopped by SIGTERM; run the same command to resume ({FLAGS.workdir})', flush=True)
+    print(f'study stopped (SIGTERM or Ctrl-C); run the same command to resume ({FLAGS.workdir})', flush=True)
     sys.exit(0)
-  if outcome.get('waiting'):
+  if outcome['waiting']:
     print(f'{outcome["waiting"]} runs in SLURM; run the same command again to collect them ({FLAGS.workdir})',
           flush=True)
     return
@@ -125,7 +131,7 @@ if __name__ == '__main__':
   flags.DEFINE_list('reuse', [], 'Other study folders: a finished run there with exactly the config of one of '
                     'this study\'s runs is linked (symlink) instead of trained again.')
   flags.DEFINE_integer('parallel', 1, 'Runs trained at a time, each in its own process pinned to one CPU core '
-                       'with one JAX device (sets base.train.cpu_devices=1, part of every run\'s config).')
+                       'with one JAX device (sets base.train.cpu_devices=1, an execution setting of every run).')
   flags.DEFINE_list('runs', [], 'Only these row:seed runs, in this order (e.g. directpred:4,linear_sym:4): the '
                     'seeds to add first when a study cannot finish in one sitting.')
   flags.DEFINE_string('record', '', 'A study record (finished runs without checkpoints, e.g. committed to git): '
@@ -145,9 +151,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('slurm_max_retries', 3, 'slurm: times a run whose job ended unfinished (preempted, '
                        'cancelled, failed, timed out) is submitted again.')
   flags.DEFINE_float('slurm_poll', 15.0, 'slurm: seconds between looks at the queue while waiting.')
-  flags.DEFINE_string('coordinator_address', None, 'Multi-host (set by --launcher=slurm for multi-node jobs): '
-                      'host:port of process 0.')
-  flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
-  flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

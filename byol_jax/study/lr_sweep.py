@@ -28,7 +28,8 @@ import math
 
 import numpy as np
 
-from byol_jax.study import collapse, phase_map
+from byol_jax import collapse
+from byol_jax.study import phase_map
 
 CURVE_POINTS = 33
 SAME = 1e-3  # relative tolerance for "the same" beta and theory time (steps are whole numbers)
@@ -170,7 +171,12 @@ def figure(sweep: dict, theories: dict, study: str = ''):
   return fig
 
 
-def write(res: dict, configs: dict, save) -> bool:
+def fits(res: dict, configs: dict) -> bool:
+  """Whether the rows form an lr sweep at fixed wd / lr (results.json's content and the rows' run configs as JSON)."""
+  return sweep_from_results(res, configs) is not None
+
+
+def write(res: dict, configs: dict, save, workdir: str = '') -> bool:
   """Writes lr_sweep.json and lr_sweep.png when the rows form a sweep; returns whether it did. save(name, writer)
   is study.write_results' atomic writer."""
   sweep = sweep_from_results(res, configs)

@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from byol_jax.study import collapse
+from byol_jax import collapse
 
 
 LINEAR_KINDS = ('linear', 'linear_symmetric')
@@ -345,7 +345,12 @@ def figure(grid: dict, theories: dict, study: str = ''):
   return fig
 
 
-def write(res: dict, configs: dict, save) -> bool:
+def fits(res: dict, configs: dict) -> bool:
+  """Whether the rows form a weight decay x EMA rate grid (results.json's content and the rows' run configs as JSON)."""
+  return grid_from_results(res, configs) is not None
+
+
+def write(res: dict, configs: dict, save, workdir: str = '') -> bool:
   """Writes phase_diagram.json and phase_diagram.png when the rows form a grid; returns whether it did.
   save(name, writer) is study.write_results' atomic writer: writer(path) writes the file at path."""
   grid = grid_from_results(res, configs)

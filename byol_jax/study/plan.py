@@ -1,11 +1,16 @@
-"""A study config, checked, and the run config of each (row, seed): the base with the row's switches."""
+"""A study config, checked, and its runs: one typed `Run` per (row, seed), the base with the row's switches, in
+its own run directory DIR/<row>/seed<k>/ (byol_jax/rundir.py)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import os
 import re
 
-from byol_jax import config as config_lib, switches
+import ml_collections
+
+from byol_jax import config as config_lib, rundir, switches
 
 
 ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
@@ -13,6 +18,37 @@ ROW_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
 
 class StudyError(ValueError):
   """A study config that cannot run; the message names the row or key."""
+
+
+FIGURES = ('phase_diagram', 'lr_sweep', 'recruitment')  # what a study config may name in `figures` (results.FIGURES draws them)
+
+
+@dataclasses.dataclass
+class Run:
+  """One run of a study: (row, seed k), its run config, and its run directory."""
+  row: str
+  seed: int
+  config: ml_collections.ConfigDict
+  path: str
+
+  @property
+  def label(self) -> str:
+    return f'{self.row}/seed{self.seed}'
+
+  @property
+  def key(self) -> str:  # as --runs writes it
+    return f'{self.row}:{self.seed}'
+
+  @property
+  def steps(self) -> int:
+    return self.config.train.steps
+
+  def status(self) -> str:
+    return rundir.status(self.path)
+
+
+def run_dir(workdir: str, row: str, seed: int) -> str:
+  return os.path.join(workdir, row, f'seed{seed}')
 
 
 def ordered_keys(cd) -> list[str]:
@@ -54,9 +90,21 @@ def comparisons(study) -> list[tuple[str, str]]:
   return out
 
 
-def plan(study, rows_flag: str = '', num_devices: int | None = None) -> list[dict]:
-  """Checks the study config and the workdir-independent parts of every run; returns the runs of the
-  selected rows, seed-major: [{'row', 'seed', 'config'}]. Raises StudyError naming the problem."""
+def figures(study) -> list[str]:
+  """The figures the study config names (`figures`: comma-separated, of FIGURES); None when it names none, i.e. has
+  no `figures` key (then results.py draws every figure the rows fit)."""
+  if 'figures' not in study:
+    return None
+  names = [f.strip() for f in (study.figures or '').split(',') if f.strip()]
+  unknown = [f for f in names if f not in FIGURES]
+  if unknown:
+    raise StudyError(f'figures: {", ".join(map(repr, unknown))} unknown; a study draws {", ".join(FIGURES)}')
+  return names
+
+
+def plan(study, workdir: str = '', rows_flag: str = '', num_devices: int | None = None) -> list[Run]:
+  """Checks the study config and every run config of the selected rows; returns their runs, seed-major (seed 0 of
+  every row in table order, then seed 1, ...), in DIR/<row>/seed<k>/. Raises StudyError naming the problem."""
   for key in ('base', 'rows', 'seeds'):
     if key not in study:
       raise StudyError(f'the study config has no {key!r}')
@@ -78,6 +126,7 @@ def plan(study, rows_flag: str = '', num_devices: int | None = None) -> list[dic
     for r, what in ((a, 'a compared row'), (b, 'the reference')):
       if r not in rows:
         raise StudyError(f'{what} {r!r} (reference / pairs) names no row; the rows are {", ".join(rows)}')
+  figures(study)
   selected = rows
   if rows_flag:
     selected = [r.strip() for r in rows_flag.split(',') if r.strip()]
@@ -93,8 +142,8 @@ def plan(study, rows_flag: str = '', num_devices: int | None = None) -> list[dic
         config_lib.validate(c, num_devices)
       except config_lib.ConfigError as e:
         raise StudyError(f'row {r!r} ({study.rows[r]!r}): {e}') from None
-      runs.append({'row': r, 'seed': k, 'config': c})
-  runs.sort(key=lambda x: (x['seed'], selected.index(x['row'])))
+      runs.append(Run(r, k, c, run_dir(workdir, r, k)))
+  runs.sort(key=lambda x: (x.seed, selected.index(x.row)))
   return runs
 
 
@@ -109,9 +158,9 @@ def parse_runs(items) -> list[tuple[str, int]]:
   return pairs
 
 
-def select_runs(runs: list[dict], pairs) -> list[dict]:
+def select_runs(runs: list[Run], pairs) -> list[Run]:
   """The runs named by pairs [(row, seed)], in that order. Raises StudyError for a pair the plan lacks."""
-  by_key = {(r['row'], r['seed']): r for r in runs}
+  by_key = {(r.row, r.seed): r for r in runs}
   missing = [f'{row}:{seed}' for row, seed in pairs if (row, seed) not in by_key]
   if missing:
     raise StudyError(f'--runs: {", ".join(missing)} not in the study (check the row names, --rows and seeds)')

@@ -3,100 +3,62 @@ verdicts; results.json, results.md, results.png and the phase diagram."""
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 
 import numpy as np
 
-from byol_jax.study import collapse, lr_sweep, phase_map
-from byol_jax.study.plan import comparisons, ordered_keys, run_config
-from byol_jax.study.records import config_json, read_json, run_dir
+from byol_jax import collapse, rundir
+from byol_jax.study import lr_sweep, phase_map, recruitment
+from byol_jax.study.plan import StudyError, comparisons, figures, ordered_keys, run_config, run_dir
+# The statistics (pure functions): byol_jax/study/stats.py; these names stay importable from here.
+from byol_jax.study.stats import (ONE_POINT, paired_difference, row_verdict, seed_stats, seeds_to_resolve,  # noqa: F401
+                                  t_quantile)
 
 
 METRICS = ('linear_probe_top1', 'knn_top1', 'initial_linear_probe_top1', 'initial_knn_top1') + collapse.KEYS
-# What runs with a linear-type predictor report of their spectra beside the theory (byol_jax/study/real_vs_theory.py).
+# What runs with a linear-type predictor report of their spectra beside the theory (byol_jax/real_vs_theory.py).
 THEORY_METRICS = ('loglog_slope_topk', 'loglog_r2_topk', 'loglog_slope', 'alignment_topk_final', 'asymmetry_final')
 
 
-def _stat(values: list) -> dict:
-  vals = [float(v) for v in values if v is not None]
-  n = len(vals)
-  return {'mean': float(np.mean(vals)) if n else None,
-          'std': float(np.std(vals, ddof=1)) if n > 1 else None,
-          'per_seed': [None if v is None else float(v) for v in values], 'n': n}
-
-
-def t_quantile(q: float, df: int) -> float:
-  from scipy import stats
-  return float(stats.t.ppf(q, df))
-
-
-ONE_POINT = 0.01  # one point of accuracy: the resolution the studies are sized for and the 'equal' margin
-
-
-def seeds_to_resolve(std: float, half_width: float = ONE_POINT, max_seeds: int = 1000) -> int | None:
-  """The smallest number of paired seeds whose 95% t-interval is within +-half_width at this per-seed std."""
-  if not std:
-    return 2
-  for n in range(2, max_seeds + 1):
-    if t_quantile(0.975, n - 1) * std / math.sqrt(n) <= half_width:
-      return n
-  return None
-
-
-def paired_difference(values: dict, reference: dict) -> dict:
-  """The paired difference row - reference over the seeds both have ({seed: value} each): mean, sample std,
-  95% t-interval, n, the verdict and the seeds that would resolve a 1-point (0.01) difference at the measured
-  spread.
-
-  The verdict: 'ahead' or 'behind' where the interval excludes 0; 'equal within 1 point' where it holds 0 and
-  lies inside +-1 point (an equivalence reading, conservative: each side excluded at 2.5%); otherwise 'not
-  resolved at n seeds'."""
-  seeds = sorted(k for k in values if k in reference and values[k] is not None and reference[k] is not None)
-  d = np.array([values[k] - reference[k] for k in seeds], np.float64)
-  n = len(seeds)
-  out = {'seeds': seeds, 'per_seed': d.tolist(), 'n': n, 'mean': float(d.mean()) if n else None,
-         'std': None, 'ci95': None, 'verdict': 'no paired seeds' if not n else f'not resolved at {n} seed',
-         'seeds_to_resolve_1pt': None}
-  if n < 2:
-    return out
-  std = float(d.std(ddof=1))
-  half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
-  lo, hi = out['mean'] - half, out['mean'] + half
-  if lo > 0:
-    verdict = 'ahead'
-  elif hi < 0:
-    verdict = 'behind'
-  elif -ONE_POINT < lo and hi < ONE_POINT:
-    verdict = 'equal within 1 point'
-  else:
-    verdict = f'not resolved at {n} seeds'
-  out.update(std=std, ci95=[lo, hi], verdict=verdict, seeds_to_resolve_1pt=seeds_to_resolve(std))
+def read_outcomes(study, workdir: str) -> dict:
+  """{row: {seed: the run's summary, or DIVERGED}} of the finished runs among seeds 0..seeds-1 of every row."""
+  out = {}
+  for r in ordered_keys(study.rows):
+    out[r] = {}
+    for k in range(study.seeds):
+      path = run_dir(workdir, r, k)
+      summary = rundir.read_summary(path)
+      if summary is not None:
+        out[r][k] = summary
+      elif rundir.status(path) == 'diverged':
+        out[r][k] = DIVERGED
   return out
+
+
+DIVERGED = 'diverged'
 
 
 def collect(study, workdir: str) -> dict:
   """results.json's content from the run folders (finished seeds 0..seeds-1 of every row)."""
+  return aggregate(study, read_outcomes(study, workdir))
+
+
+def aggregate(study, outcomes: dict) -> dict:
+  """results.json's content from read_outcomes' {row: {seed: summary or DIVERGED}} (a pure function)."""
   rows = {}
   paper = study.get('paper') or {}
   for r in ordered_keys(study.rows):
-    done, diverged, summaries = [], [], []
-    for k in range(study.seeds):
-      path = run_dir(workdir, r, k)
-      s = read_json(os.path.join(path, 'summary.json'))
-      if s is not None and not s.get('preempted'):
-        done.append(k)
-        summaries.append(s)
-      elif os.path.exists(os.path.join(path, 'diverged.json')):
-        diverged.append(k)
+    got = outcomes.get(r, {})
+    done = [k for k in sorted(got) if got[k] is not DIVERGED]
+    diverged = [k for k in sorted(got) if got[k] is DIVERGED]
+    summaries = [got[k] for k in done]
     entry = {'args': study.rows[r], 'seeds_done': done, 'seeds_diverged': diverged}
     for key in METRICS:
       source = key if key.startswith('initial_') else f'final_{key}'
-      entry[key] = _stat([s.get(source) for s in summaries])
+      entry[key] = seed_stats([s.get(source) for s in summaries])
     rvt = [s['real_vs_theory'] for s in summaries if s.get('real_vs_theory')]
     if rvt:
-      entry['real_vs_theory'] = {k: _stat([r.get(k) for r in rvt]) for k in THEORY_METRICS}
+      entry['real_vs_theory'] = {k: seed_stats([r.get(k) for r in rvt]) for k in THEORY_METRICS}
     verdicts = [collapse.collapse_verdict(s) for s in summaries]
     n_coll = sum(v[0] for v in verdicts)
     entry['collapsed'] = (n_coll > len(verdicts) / 2) if verdicts else None
@@ -107,7 +69,7 @@ def collect(study, workdir: str) -> dict:
     entry['paper_table'] = None if p is None else p.get('table')
     entry['steps'] = summaries[0]['steps'] if summaries else None
     entry['by_seed'] = {k: s.get('final_linear_probe_top1') for k, s in zip(done, summaries)}
-    entry['verdict'] = _verdict(len(done), n_coll, len(diverged), study.seeds)
+    entry['verdict'] = row_verdict(len(done), n_coll, len(diverged), study.seeds)
     rows[r] = entry
   paired = []
   for a, ref in comparisons(study):
@@ -136,24 +98,6 @@ def collect(study, workdir: str) -> dict:
                           'sample std, 95% t-interval; ahead / behind when the interval excludes 0, equal within 1 '
                           'point when it holds 0 inside +-0.01, else not resolved; seeds_to_resolve_1pt: paired '
                           'seeds whose interval would be within +-0.01 at the measured std')}
-
-
-def _verdict(n_done, n_coll, n_div, seeds) -> str:
-  if n_done == 0 and n_div == 0:
-    return 'not run'
-  parts = []
-  if n_done:
-    if n_coll == 0:
-      parts.append('not collapsed')
-    elif n_coll == n_done:
-      parts.append(f'collapsed ({n_coll}/{n_done} seeds)')
-    else:
-      parts.append(f'partly collapsed ({n_coll}/{n_done} seeds)')
-  if n_div:
-    parts.append(f'diverged ({n_div} seed{"s" if n_div > 1 else ""})')
-  if n_done + n_div < seeds:
-    parts.append(f'{n_done + n_div}/{seeds} seeds run')
-  return ', '.join(parts)
 
 
 def _fmt(stat: dict, digits=3, with_std=True) -> str:
@@ -211,7 +155,7 @@ def results_markdown(res: dict) -> str:
                    f'{p["seeds_to_resolve_1pt"] or "-"} |')
   theory_rows = {name: e['real_vs_theory'] for name, e in res['rows'].items() if e.get('real_vs_theory')}
   if theory_rows:
-    lines += ['', 'Linear-type predictors beside the theory (byol_jax/study/real_vs_theory.py, at the end of '
+    lines += ['', 'Linear-type predictors beside the theory (byol_jax/real_vs_theory.py, at the end of '
               'training): the log-log slope of p_j^2 against s_j over the top 10 modes of F and its R^2 '
               '(theory: slope 1), '
               'the same over all modes above 1e-6 s_max, the mean |cos(W_p u_j, u_j)| of the top 10 eigenvectors '
@@ -282,10 +226,36 @@ def results_plot(res: dict, path: str) -> None:
   plt.close(fig)
 
 
+# name -> module with fits(res, configs) and write(res, configs, save, workdir)
+FIGURES = {'phase_diagram': phase_map, 'lr_sweep': lr_sweep, 'recruitment': recruitment}
+FIGURE_NEEDS = {'phase_diagram': 'rows forming a weight decay x EMA rate grid of linear-predictor runs '
+                                  '(byol_jax/study/phase_map.py)',
+                'lr_sweep': 'rows forming an lr sweep at fixed wd / lr (byol_jax/study/lr_sweep.py)',
+                'recruitment': 'a row with a linear-type predictor, whose runs log spectra '
+                               '(byol_jax/study/recruitment.py)'}
+
+
+def _row_configs(study) -> dict:
+  return {r: rundir.config_json(run_config(study, r, 0)) for r in ordered_keys(study.rows)}
+
+
+def check_figures(study) -> None:
+  """StudyError (one line) when the study config names a figure its rows cannot draw; before any run."""
+  names = figures(study) or []
+  if not names:
+    return
+  skeleton, configs = aggregate(study, {}), _row_configs(study)
+  for name in names:
+    if not FIGURES[name].fits(skeleton, configs):
+      raise StudyError(f'figures: {name} needs {FIGURE_NEEDS[name]}; these rows do not form one')
+
+
 def write_results(study, workdir: str) -> dict:
-  """Writes DIR/results.json, results.md, results.png (each atomically), phase_diagram.png / .json when
-  the rows form a weight decay x EMA rate grid (byol_jax/study/phase_map.py) and lr_sweep.png / .json when they
-  form an lr sweep at fixed wd / lr (byol_jax/study/lr_sweep.py); returns the results."""
+  """Writes DIR/results.json, results.md, results.png (each atomically), and the figures the study config names
+  (`figures`; without the key, every figure its rows fit): phase_diagram.png / .json for a weight decay x EMA rate
+  grid (byol_jax/study/phase_map.py), lr_sweep.png / .json for an lr sweep at fixed wd / lr
+  (byol_jax/study/lr_sweep.py), recruitment.png / .json / .md for rows with linear-type predictors
+  (byol_jax/study/recruitment.py; its table also ends results.md). Returns the results."""
   res = collect(study, workdir)
   os.makedirs(workdir, exist_ok=True)
 
@@ -298,17 +268,23 @@ def write_results(study, workdir: str) -> dict:
     with open(p, 'w') as f:
       json.dump(res, f, indent=2)
 
+  atomic('results.json', json_writer)
+  atomic('results.png', lambda p: results_plot(res, p + '.png') or os.replace(p + '.png', p))
+  named = figures(study)
+  configs = _row_configs(study) if named is None or named else {}
+  drawn = []
+  for name in (FIGURES if named is None else named):
+    if named is None and not FIGURES[name].fits(res, configs):
+      continue
+    if FIGURES[name].write(res, configs, atomic, workdir):
+      drawn.append(name)
+  tables = [recruitment.TABLE] if 'recruitment' in drawn else []  # results.md carries the table too
+
   def md_writer(p):
     with open(p, 'w') as f:
       f.write(results_markdown(res))
-
-  atomic('results.json', json_writer)
+      for table in tables:
+        with open(os.path.join(workdir, table)) as t:
+          f.write('\n' + t.read())
   atomic('results.md', md_writer)
-  atomic('results.png', lambda p: results_plot(res, p + '.png') or os.replace(p + '.png', p))
-  row_configs = {r: config_json(run_config(study, r, 0)) for r in ordered_keys(study.rows)}
-  for name, figure in (('phase_diagram', phase_map), ('lr_sweep', lr_sweep)):
-    try:
-      figure.write(res, row_configs, atomic)
-    except Exception as e:  # a figure must not stop a study: results.json has the numbers
-      print(f'warning: {name}.png not written: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
   return res

@@ -1,28 +1,30 @@
-"""--launcher=slurm: a study's pending runs as the tasks of a SLURM job array, submitted through submitit.
+"""--launcher=slurm: each pending run of a study is a SLURM job (the runs a command starts together: one job
+array), submitted through submitit.
 
   python -m byol_jax.study --config=configs/study/<name>.py --workdir=DIR --launcher=slurm
       [--slurm_partition=P] [--slurm_gpus=G] [--slurm_cpus=C] [--slurm_nodes=N] [--slurm_tasks_per_node=T]
       [--slurm_time=MINUTES] [--slurm_mem=32G] [--slurm_args=qos=high,account=lab] [--slurm_max_retries=3]
       [--no_wait]
 
-Each pending (row, seed) becomes one task of one job array. The task runs the ordinary study command for that
-run alone, `python -m byol_jax.study <the same --config and overrides> --runs=row:seed`, in the submitting
-folder, so each job is an ordinary resumable run in DIR/<row>/seed<k>/ and the config crosses to the job as
-its file and overrides, not as a pickled object. A job of several processes (--slurm_nodes x
---slurm_tasks_per_node > 1) passes byol_jax.main's multi-host flags (--coordinator_address, --num_processes,
---process_id) to each process; one process per node sees every GPU of its node.
+A job runs what every launcher runs (byol_jax/study/launch.py): `python -m byol_jax.main
+--config=configs/run.py:DIR/<row>/seed<k> --workdir=DIR/<row>/seed<k>`, on the run directory whose config.json the
+study wrote before submitting; the config crosses to the job as that file, not as a pickled object or a command
+line. A job of several processes (--slurm_nodes x --slurm_tasks_per_node > 1) passes byol_jax.main's multi-host
+flags (--coordinator_address, --num_processes, --process_id) to each process; one process per node sees every GPU
+of its node.
 
-The command waits, polling SLURM every --slurm_poll seconds, prints a line per finished run and rewrites the
-results (DIR/results.json, .md, .png) as runs finish. With --no_wait it returns once the jobs are submitted;
-the same command run later collects: finished runs are skipped, runs whose job is still queued or running
-(DIR/.slurm_jobs.json holds each run's job id, asked of `squeue`) are not submitted again.
+The study waits (runner.run_study, the one bookkeeping loop of every launcher), asking SLURM every --slurm_poll
+seconds, and prints a line per finished run and rewrites the results as runs finish. With --no_wait it returns once
+the jobs are submitted; the same command run later collects: finished runs are skipped, runs whose job is still
+queued or running (DIR/.slurm_jobs.json holds each run's job id, asked of `squeue`) are not submitted again.
 
 A job that ends without its run finished (preempted, cancelled with scancel, failed, out of time, a node lost)
 is submitted again, up to --slurm_max_retries times; the run resumes from its checkpoint. Near the time limit
 SLURM signals the job (USR2, 90 s before) and submitit requeues it under the same job id after the run has
 saved a checkpoint (helpers.Checkpointable), also at most --slurm_max_retries times.
 
-Logs: DIR/.slurm/<job id>_<task>_log.out / .err (the job's output; the run's own log is DIR/<row>/seed<k>/log.txt).
+Logs: DIR/<row>/seed<k>/log.txt (byol_jax.main's output, as with every launcher); DIR/.slurm/<job id>_<task>_log.out
+/ .err (the job's own, submitit's).
 Bad input gets one line naming it, exit 2: no SLURM reachable, an unknown partition, sbatch refusing the jobs,
 a run whose job failed for good (with the path of its log).
 """
@@ -41,18 +43,12 @@ import time
 
 import submitit
 
+from byol_jax import rundir
+from byol_jax.study import launch
 from byol_jax.study.plan import StudyError
-from byol_jax.study.records import export_run, read_json, run_dir
-from byol_jax.study.results import write_results
-from byol_jax.study import runner
 
 JOBS_FILE = '.slurm_jobs.json'
 LOG_FOLDER = '.slurm'
-# The launcher's own flags: the jobs run the study command without them (and without --record, which this
-# process keeps, so jobs never write the record at the same time).
-LAUNCHER_FLAGS = ('--launcher', '--no_wait', '--nono_wait', '--record', '--coordinator_address', '--num_processes',
-                  '--process_id')
-LAUNCHER_PREFIXES = ('--slurm_',)
 
 
 class SlurmError(StudyError):
@@ -95,21 +91,6 @@ def sbatch_args(args) -> dict:
     if not key or ' ' in key:
       raise SlurmError(f'--slurm_args entry {a!r}: write sbatch options as key=value (e.g. qos=high) or key')
     out[key.replace('-', '_')] = value if eq else True
-  return out
-
-
-def job_args(argv: list[str]) -> list[str]:
-  """The study command line a job runs: the parent's, without the launcher's flags and the ones the parent
-  consumes (runner.forwarded_args: --parallel, --rows, --reuse, --runs)."""
-  out, skip = [], False
-  for a in runner.forwarded_args(argv):
-    name = a.split('=', 1)[0]
-    if skip:
-      skip = False
-    elif name in LAUNCHER_FLAGS or name.startswith(LAUNCHER_PREFIXES):
-      skip = '=' not in a and name not in ('--no_wait', '--nono_wait')  # '--flag value': drop the value too
-    else:
-      out.append(a)
   return out
 
 
@@ -192,9 +173,9 @@ def ended_state(job_id: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The job: one run of the study, in its own process
+# The job: one run, in its own process
 # ----------------------------------------------------------------------------------------------------
-_CHILD = {}  # the running study process of this job (not pickled with the job)
+_CHILD = {}  # the running byol_jax.main of this job (not pickled with the job)
 
 
 def multihost_args() -> list[str]:
@@ -208,64 +189,56 @@ def multihost_args() -> list[str]:
           f'--process_id={env.global_rank}']
 
 
-class StudyRun(submitit.helpers.Checkpointable):
-  """One (row, seed) of a study, run in a SLURM job: `python -m byol_jax.study <args> --runs=row:seed` in
-  `cwd`. Picklable (strings only). Raises when the run did not finish, so the job reads as failed."""
+class RunJob(submitit.helpers.Checkpointable):
+  """One run in a SLURM job: launch.main_command(path) (byol_jax.main on the run directory). Picklable (strings
+  only). Raises when the run did not finish, so the job reads as failed."""
 
-  def __init__(self, args: list[str], cwd: str, workdir: str, row: str, seed: int):
-    self.args, self.cwd, self.workdir, self.row, self.seed = list(args), cwd, workdir, row, int(seed)
+  def __init__(self, path: str, label: str):
+    self.path, self.label = os.path.abspath(path), label
 
   def command(self) -> list[str]:
-    return [sys.executable, '-m', 'byol_jax.study', *self.args, '--launcher=local', '--parallel=1',
-            f'--runs={self.row}:{self.seed}', *multihost_args()]
+    return launch.main_command(self.path) + multihost_args()
 
   def __call__(self) -> str:
     # SLURM signals every process of the job (USR2 before the time limit); the run must not die of it: submitit
     # handles it here (checkpoint below). An ignored signal stays ignored across exec.
     previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    rank = submitit.JobEnvironment().global_rank
+    log = open(os.path.join(self.path, rundir.LOG), 'a') if rank == 0 else None  # as every launcher: DIR/log.txt
     try:
-      proc = subprocess.Popen(self.command(), cwd=self.cwd)
+      proc = subprocess.Popen(self.command(), cwd=launch.ROOT, stdout=log, stderr=subprocess.STDOUT if log else None)
     finally:
       signal.signal(signal.SIGUSR2, previous)
+      if log:
+        log.close()
     _CHILD['proc'] = proc
     while proc.poll() is None:  # polling, not wait(): the signal handler below polls the same process
       time.sleep(1.0)
-    path = os.path.join(self.cwd, run_dir(self.workdir, self.row, self.seed))
-    if proc.returncode:
-      raise RuntimeError(f'run {self.row}/seed{self.seed}: the study command exited with status {proc.returncode}')
-    if submitit.JobEnvironment().global_rank:  # process 0 of a multi-process run writes the run's files
-      return path
-    if not any(os.path.exists(os.path.join(path, f)) for f in ('summary.json', 'diverged.json')):
-      raise RuntimeError(f'run {self.row}/seed{self.seed} stopped before its end (SIGTERM: preempted or '
-                         f'cancelled); its checkpoint is in {path}')
-    return path
+    if rank:  # process 0 of a multi-process run writes the run's files
+      return self.path
+    if not rundir.finished(self.path):
+      raise RuntimeError(f'run {self.label}: `python -m byol_jax.main` exited with status {proc.returncode} before '
+                         f'the run finished (SIGTERM: preempted or cancelled); its checkpoint is in {self.path}')
+    return self.path
 
   def checkpoint(self, *args, **kwargs):
     """submitit calls this on USR2 (time limit near, or preemption): the run saves its checkpoint (SIGTERM), then
-    the job is requeued with a fresh StudyRun, which resumes it."""
+    the job is requeued with a fresh RunJob, which resumes it."""
     proc = _CHILD.get('proc')
     if proc is not None and proc.poll() is None:
       proc.send_signal(signal.SIGTERM)
       deadline = time.time() + 75  # inside submitit's 90 s between USR2 and the kill
       while proc.poll() is None and time.time() < deadline:
         time.sleep(0.5)
-    return submitit.helpers.DelayedSubmission(StudyRun(self.args, self.cwd, self.workdir, self.row, self.seed))
+    return submitit.helpers.DelayedSubmission(RunJob(self.path, self.label))
 
 
 # ----------------------------------------------------------------------------------------------------
 # The launcher
 # ----------------------------------------------------------------------------------------------------
-def _key(r) -> str:
-  return f'{r["row"]}:{r["seed"]}'
-
-
-def _label(r) -> str:
-  return f'{r["row"]}/seed{r["seed"]}'
-
-
 def read_jobs(workdir: str) -> dict:
   """DIR/.slurm_jobs.json: 'row:seed' -> {'job_id', 'attempts', 'log'}."""
-  return read_json(os.path.join(workdir, JOBS_FILE)) or {}
+  return rundir.read_json(os.path.join(workdir, JOBS_FILE)) or {}
 
 
 def _write_jobs(workdir: str, jobs: dict) -> None:
@@ -278,6 +251,7 @@ def _write_jobs(workdir: str, jobs: dict) -> None:
 @contextlib.contextmanager
 def _locked(workdir: str):
   """One launcher at a time decides what to submit (two collecting commands must not both resubmit a run)."""
+  os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, JOBS_FILE + '.lock'), 'w') as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
@@ -300,136 +274,110 @@ def make_executor(workdir: str, opts: Options, partition: str, name: str):
   return executor
 
 
-def submit(executor, runs: list, args: list[str], workdir: str, jobs: dict) -> None:
-  """One job array for `runs` (a single job for one run); records each run's job id and log in `jobs`."""
-  cwd = os.getcwd()
-  try:
-    with executor.batch():
-      submitted = [executor.submit(StudyRun(args, cwd, workdir, r['row'], r['seed'])) for r in runs]
-  except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
-    detail = _last_line(getattr(e, 'stderr', None) or getattr(e, 'output', None) or '') or _last_line(str(e))
-    if isinstance(detail, bytes):
-      detail = detail.decode(errors='replace')
-    raise SlurmError(f'sbatch refused the jobs: {detail}') from None
-  for r, job in zip(runs, submitted):
-    entry = jobs.setdefault(_key(r), {'attempts': 0})
-    entry.update(job_id=str(job.job_id), attempts=entry['attempts'] + 1, log=str(job.paths.stderr))
+def _plural(n: int, word: str) -> str:
+  return f'{n} {word}{"s" if n != 1 else ""}'
 
 
-def _finished(r) -> bool:
-  return any(os.path.exists(os.path.join(r['path'], f)) for f in ('summary.json', 'diverged.json'))
+class Slurm:
+  """The launcher (byol_jax/study/launch.py's interface): start() gathers runs, wait() submits the gathered ones as
+  one job array (a run whose job an earlier command submitted and SLURM still holds is adopted, not submitted
+  again) and reports the runs whose job left SLURM's queue. Checks the cluster and partition when made."""
+  slots = None
+  detached = True  # the jobs go on without this process
 
+  def __init__(self, workdir: str, opts: Options, name: str, out=None):
+    opts.check()
+    self.partition = check_cluster(opts.partition)  # before anything is written
+    self.workdir, self.opts, self.name = workdir, opts, name
+    self.out = out or sys.stdout
+    self.gathered, self.active, self.given_up = [], {}, []
+    self.queued, self.asked_at = {}, 0.0
 
-def _export_finished(runs, record: str) -> None:
-  """Adds to --record the runs finished here that it lacks (this process writes the record, never the jobs;
-  runs a job finished while no command waited are added by the next call)."""
-  for r in runs:
-    if os.path.exists(os.path.join(r['path'], 'summary.json')) and not os.path.exists(
-        os.path.join(run_dir(record, r['row'], r['seed']), 'summary.json')):
-      export_run(r['path'], record, r['row'], r['seed'])
+  def _say(self, line: str) -> None:
+    self.out.write(line + '\n')
+    self.out.flush()
 
+  def start(self, run) -> None:
+    self.gathered.append(run)
 
-def collect_and_submit(runs, workdir, opts, executor_fn, args, out) -> tuple[list, list, list]:
-  """One look at SLURM, under the lock: submits every unfinished run without a queued job (again, while retries
-  last). Returns (runs whose job was already queued, runs submitted now, failure lines of runs out of retries)."""
-  with _locked(workdir):
-    jobs = read_jobs(workdir)
-    queued = queued_jobs()  # before the run folders: a job that ends in between leaves its summary behind
-    in_slurm, to_submit, failed = [], [], []
-    for r in runs:
-      if _finished(r):
-        continue
-      entry = jobs.get(_key(r))
-      if entry and entry.get('job_id') in queued:
-        in_slurm.append(r)
-      elif entry and entry['attempts'] > opts.max_retries:
-        attempts = f'{entry["attempts"]} attempt{"s" if entry["attempts"] > 1 else ""}'
-        failed.append(f'run {_label(r)} failed for good: SLURM job {entry["job_id"]} ended '
-                      f'{ended_state(entry["job_id"])} after {attempts} (--slurm_max_retries={opts.max_retries}); '
-                      f'log: {entry["log"]}')
-      else:
-        if entry:
-          out.write(f'{_label(r)}: SLURM job {entry["job_id"]} ended {ended_state(entry["job_id"])} '
-                    f'before the run finished; submitting it again (attempt {entry["attempts"] + 1} of '
-                    f'{opts.max_retries + 1})\n')
-        to_submit.append(r)
-    if to_submit:
-      submit(executor_fn(), to_submit, args, workdir, jobs)
-      _write_jobs(workdir, jobs)
-      ids = sorted({jobs[_key(r)]['job_id'].split('_')[0] for r in to_submit})
-      labels = ', '.join(_label(r) for r in to_submit)
-      out.write(f'submitted {len(to_submit)} run{"s" if len(to_submit) > 1 else ""} to SLURM as job '
-                f'{", ".join(ids)}: {labels}\n')
-      out.flush()
-    return in_slurm, to_submit, failed
+  def _submit_gathered(self) -> None:
+    runs, self.gathered = self.gathered, []
+    with _locked(self.workdir):
+      jobs = read_jobs(self.workdir)
+      self.queued, self.asked_at = queued_jobs(), time.time()
+      adopted = [r for r in runs if jobs.get(r.key, {}).get('job_id') in self.queued]
+      spent = [r for r in runs if r not in adopted and jobs.get(r.key, {}).get('attempts', 0) > self.opts.max_retries]
+      new = [r for r in runs if r not in adopted and r not in spent]
+      if new:
+        self._submit(new, jobs)
+        _write_jobs(self.workdir, jobs)
+    if adopted:
+      self._say(f'{_plural(len(adopted), "run")} already in SLURM (job '
+                f'{", ".join(jobs[r.key]["job_id"] for r in adopted)}): not submitted again')
+    if new:
+      ids = sorted({jobs[r.key]['job_id'].split('_')[0] for r in new})
+      self._say(f'submitted {_plural(len(new), "run")} to SLURM as job {", ".join(ids)}: '
+                f'{", ".join(r.label for r in new)}')
+    for r in new:  # SLURM holds them now, whatever squeue said a moment before
+      self.queued[jobs[r.key]['job_id']] = 'SUBMITTED'
+    for r in adopted + new:
+      self.active[r.key] = r
+    self.given_up += spent
 
+  def _submit(self, runs: list, jobs: dict) -> None:
+    executor = make_executor(self.workdir, self.opts, self.partition, self.name)
+    try:
+      with executor.batch():
+        submitted = [executor.submit(RunJob(r.path, r.label)) for r in runs]
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+      detail = _last_line(getattr(e, 'stderr', None) or getattr(e, 'output', None) or '') or _last_line(str(e))
+      if isinstance(detail, bytes):
+        detail = detail.decode(errors='replace')
+      raise SlurmError(f'sbatch refused the jobs: {detail}') from None
+    for r, job in zip(runs, submitted):
+      entry = jobs.setdefault(r.key, {'attempts': 0})
+      entry.update(job_id=str(job.job_id), attempts=entry['attempts'] + 1, log=str(job.paths.stderr))
 
-def run_slurm(study, workdir: str, argv: list[str], opts: Options, rows_flag: str = '', reuse_dirs=(),
-              record: str = '', wait: bool = True, out=None) -> dict:
-  """Submits the study's pending runs to SLURM and (wait) waits for them, rewriting the results as runs
-  finish. Returns run_study's dict ('waiting': runs still in SLURM when not waiting). Raises SlurmError (one line
-  per failed run) when SLURM is not there, the partition is unknown, or a run failed for good."""
-  out = out or sys.stdout
-  opts.check()
-  partition = check_cluster(opts.partition)  # before anything is written
-  runs, linked = runner.prepare(study, workdir, rows_flag, reuse_dirs, record=record)
-  name = study.get('name', '') or 'study'
-  done_before = [r for r in runs if r['status'] in ('done', 'diverged')]
-  if done_before:
-    out.write(f'{len(done_before)} of {len(runs)} runs already finished in {workdir}: skipped'
-              + (f' ({linked} from --reuse / --record)' if linked else '') + '\n')
-  os.makedirs(workdir, exist_ok=True)
-  args = job_args(argv)
-  executor_fn = lambda: make_executor(workdir, opts, partition, name)  # pylint: disable=unnecessary-lambda-assignment
-  pending = [r for r in runs if r['status'] not in ('done', 'diverged')]
-  seen_done = {_key(r) for r in runs if _finished(r)}
-  if record:
-    _export_finished(runs, record)
-  failed, last_line, first, in_slurm = [], None, True, pending
-  try:
-    while True:
-      queued_before, submitted, failed = collect_and_submit(pending, workdir, opts, executor_fn, args, out)
-      in_slurm = queued_before + submitted
-      if first and queued_before:
-        jobs = read_jobs(workdir)
-        out.write(f'{len(queued_before)} runs already in SLURM (job '
-                  f'{", ".join(jobs[_key(r)]["job_id"] for r in queued_before)}): not submitted again\n')
-      first = False
-      newly = [r for r in pending if _finished(r) and _key(r) not in seen_done]
-      for r in newly:
-        seen_done.add(_key(r))
-        s = read_json(os.path.join(r['path'], 'summary.json'))
-        if s is None:
-          out.write(f'{_label(r)}: diverged (see {r["path"]}/diverged.json)\n')
-        else:
-          out.write(runner._run_line(_label(r), s, s.get('seconds', 0)) + '\n')  # pylint: disable=protected-access
-      if newly:
-        write_results(study, workdir)
-        if record:
-          _export_finished(newly, record)
-          write_results(study, record)
-      if not wait or not in_slurm:
+  def wait(self, timeout: float) -> list:
+    if self.gathered:
+      self._submit_gathered()
+    ended, self.given_up = [(r, 1) for r in self.given_up], []
+    deadline = time.time() + timeout
+    while not ended and self.active:
+      if time.time() - self.asked_at >= self.opts.poll:
+        self.queued, self.asked_at = queued_jobs(), time.time()  # before the run folders: a job that ends in
+      jobs = read_jobs(self.workdir)                              # between leaves its summary behind
+      for key, r in list(self.active.items()):
+        if rundir.finished(r.path) or jobs.get(key, {}).get('job_id') not in self.queued:
+          ended.append((self.active.pop(key), 0 if rundir.finished(r.path) else 1))
+      if ended or time.time() >= deadline:
         break
-      queued = queued_jobs()
-      jobs = read_jobs(workdir)
-      running = sum(queued.get(jobs.get(_key(r), {}).get('job_id')) in ('RUNNING', 'COMPLETING', 'CONFIGURING')
-                    for r in in_slurm)
-      line = (f'study {name}: {len(seen_done)}/{len(runs)} runs done | in SLURM: {running} running, '
-              f'{len(in_slurm) - running} queued')
-      if line != last_line:
-        out.write(line + '\n')
-        out.flush()
-        last_line = line
-      time.sleep(opts.poll)
-  except KeyboardInterrupt:
-    out.write('\nstopped waiting; the jobs go on in SLURM\n')
-    return {'results': write_results(study, workdir), 'preempted': False, 'ran': len(seen_done) - len(done_before),
-            'skipped': len(done_before), 'waiting': len(in_slurm)}
-  results = write_results(study, workdir)
-  if record:
-    write_results(study, record)
-  if failed:
-    raise SlurmError('\n'.join(failed))
-  ran = len(seen_done) - len(done_before)
-  return {'results': results, 'preempted': False, 'ran': ran, 'skipped': len(done_before),
-          'waiting': 0 if wait else len(in_slurm)}
+      time.sleep(min(1.0, max(0.0, deadline - time.time())))
+    return ended
+
+  def retry(self, run) -> bool:
+    entry = read_jobs(self.workdir).get(run.key)
+    if entry is None or entry['attempts'] > self.opts.max_retries:
+      return False
+    self._say(f'{run.label}: SLURM job {entry["job_id"]} ended {ended_state(entry["job_id"])} before the run '
+              f'finished; submitting it again (attempt {entry["attempts"] + 1} of {self.opts.max_retries + 1})')
+    return True
+
+  def failure(self, run, status) -> str:
+    del status
+    entry = read_jobs(self.workdir).get(run.key, {})
+    attempts = _plural(entry.get('attempts', 0), 'attempt')
+    return (f'run {run.label} failed for good: SLURM job {entry.get("job_id")} ended '
+            f'{ended_state(entry.get("job_id", ""))} after {attempts} (--slurm_max_retries={self.opts.max_retries}); '
+            f'log: {launch.run_log(run)} (the job\'s: {entry.get("log")})')
+
+  def forward(self, signum) -> None:
+    del signum  # the jobs are SLURM's: this process only stops waiting for them
+
+  def running(self) -> dict:
+    """state -> count of the active runs' jobs, as SLURM said last."""
+    jobs, out = read_jobs(self.workdir), {}
+    for key in self.active:
+      state = self.queued.get(jobs.get(key, {}).get('job_id'), 'ended')
+      out[state] = out.get(state, 0) + 1
+    return out

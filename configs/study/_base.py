@@ -11,7 +11,9 @@ The network (configs/fashion_mnist.py): tiny ResNet width 32, 256-d features, pr
 BatchNorm affine=False, batch 128. The recipe is the paper's STL-10 one where the ablations need it
 (paper section 2): SGD with momentum 0.9, weight decay on every parameter, constant lr and EMA rate, the
 target initialised independently of the online network (the reference code), linear predictors without
-bias, DirectPred rho 0.3 and eps 0.1, symmetric loss.
+bias, DirectPred rho 0.3 and eps 0.1, symmetric loss. The network keeps the reference code's choices (its
+`nn.Linear` output layers): the projector's and the 2-layer predictor's output layers carry a bias, and every
+BatchNorm scale starts at 1 (model.projector_output_bias, predictor.output_bias, model.zero_init_last_bn_scale).
 
 The paper's regime. The theory's findings are about the dynamics in its own units, so the base matches
 those units with the paper's STL-10 run (lr 0.03, wd 4e-4, momentum 0.9, EMA 0.996, ~82k steps of batch 128),
@@ -91,10 +93,11 @@ def base(arg, steps: int):
 
 
 def study(name: str, arg, steps: int, rows: dict, paper: dict, seeds: int = 3, reference: str = '',
-          pairs: tuple = ()):
+          pairs: tuple = (), figures: tuple = ()):
   """A study config: name, base, rows (name -> switches of byol_jax/switches.py, in this order), seeds, paper
   (row -> {'value': STL-10 top-1 %, 'table': where}); reference: the row every other row is compared with,
-  seed by seed (byol_jax/study/results.py "Paired differences"); pairs: more 'row-other' comparisons."""
+  seed by seed (byol_jax/study/results.py "Paired differences"); pairs: more 'row-other' comparisons; figures:
+  what the results draw beside the table ('phase_diagram', 'lr_sweep': byol_jax/study/results.py FIGURES)."""
   c = ml_collections.ConfigDict()
   c.name = name if not arg or arg == 'paper_regime' else f'{name}_{arg}'
   c.base = base(arg, steps)
@@ -102,5 +105,6 @@ def study(name: str, arg, steps: int, rows: dict, paper: dict, seeds: int = 3, r
   c.seeds = seeds
   c.reference = reference
   c.pairs = ','.join(pairs)
+  c.figures = ','.join(figures)
   c.paper = ml_collections.ConfigDict({k: {'value': v, 'table': t} for k, (v, t) in paper.items()})
   return c

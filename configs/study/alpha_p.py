@@ -39,7 +39,8 @@ PAPER = {'alphap1': (36.62, 'Tbl 3 linear sym, no EMA (BYOL; closest to SimSiam 
 
 
 def get_config(arg=None):
-  c = load_config_module(__file__, '_base.py').study('alpha_p', arg, STEPS, ROWS, PAPER, reference='alphap1')
+  c = load_config_module(__file__, '_base.py').study('alpha_p', arg, STEPS, ROWS, PAPER, reference='alphap1',
+                                                    figures=('recruitment',))
   if not arg or arg in ('paper_regime', 'short'):
     # SimSiam's loss has 1/4 of BYOL's gradient (see the docstring): 4x the lr, and the weight decay that keeps
     # lr x weight decay (the decay per step) at the BYOL base's.

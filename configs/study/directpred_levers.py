@@ -35,4 +35,5 @@ PAPER = {
 
 
 def get_config(arg=None):
-  return load_config_module(__file__, '_base.py').study('directpred_levers', arg, STEPS, ROWS, PAPER)
+  return load_config_module(__file__, '_base.py').study('directpred_levers', arg, STEPS, ROWS, PAPER,
+                                                       figures=('recruitment',))

@@ -33,4 +33,4 @@ for (rho, eps), value in PAPER_TBL6.items():
 def get_config(arg=None):
   # Every cell against the paper's default (rho 0.3, eps 0.1), seed by seed.
   return load_config_module(__file__, '_base.py').study('directpred_rho_eps', arg, STEPS, ROWS, PAPER,
-                                                        reference='rho03_eps01')
+                                                        reference='rho03_eps01', figures=('recruitment',))

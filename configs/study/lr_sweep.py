@@ -61,4 +61,5 @@ def rows(base_lr: float, base_tau: float) -> dict:
 def get_config(arg=None):
   b = load_config_module(__file__, '_base.py')
   base = b.base(arg, STEPS)
-  return b.study('lr_sweep', arg, STEPS, rows(base.optim.lr, base.ema.tau_base), {}, seeds=1)
+  return b.study('lr_sweep', arg, STEPS, rows(base.optim.lr, base.ema.tau_base), {}, seeds=1,
+                 figures=('lr_sweep',))

@@ -37,4 +37,5 @@ PAPER = {
 
 
 def get_config(arg=None):
-  return load_config_module(__file__, '_base.py').study('phase_diagram', arg, STEPS, ROWS, PAPER, seeds=1)
+  return load_config_module(__file__, '_base.py').study('phase_diagram', arg, STEPS, ROWS, PAPER, seeds=1,
+                                                       figures=('phase_diagram',))

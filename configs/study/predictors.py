@@ -46,4 +46,5 @@ PAPER = {
 def get_config(arg=None):
   return load_config_module(__file__, '_base.py').study('predictors', arg, STEPS, ROWS, PAPER, seeds=SEEDS,
                                                        reference='linear_sym',
-                                                       pairs=('directpred-linear', 'directpred-mlp'))
+                                                       pairs=('directpred-linear', 'directpred-mlp'),
+                                                       figures=('recruitment',))

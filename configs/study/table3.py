@@ -44,4 +44,5 @@ PAIRS = ('linear_no_ema-linear_sym_no_ema', 'linear-linear_sym')
 
 
 def get_config(arg=None):
-  return load_config_module(__file__, '_base.py').study('table3', arg, STEPS, ROWS, PAPER, pairs=PAIRS)
+  return load_config_module(__file__, '_base.py').study('table3', arg, STEPS, ROWS, PAPER, pairs=PAIRS,
+                                                       figures=('recruitment',))

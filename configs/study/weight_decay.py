@@ -62,4 +62,5 @@ PAIRS = ('sym_wd_pred_no_ema-sym_wd_all_no_ema', 'sym_no_wd_no_ema-sym_wd_all_no
 
 
 def get_config(arg=None):
-  return load_config_module(__file__, '_base.py').study('weight_decay', arg, STEPS, ROWS, PAPER, pairs=PAIRS)
+  return load_config_module(__file__, '_base.py').study('weight_decay', arg, STEPS, ROWS, PAPER, pairs=PAIRS,
+                                                       figures=('recruitment',))

@@ -3,8 +3,8 @@
 XLA's algebraic simplifier swaps a convolution's operands when the input is smaller than the kernel
 (a 3x3 kernel over the 2x2 maps of ResNet's last stage, or over the 2x2 output gradient of a stride-2
 3x3 convolution from 4x4). The CPU runtime then runs the swapped convolution on a slow generic path:
-300-650 ms where a matrix product of the same numbers takes 5-15 ms (docs/benchmarks.md, "The training
-step on CPU"). Those few layers were most of the CPU training step: ~70% of the default Fashion-MNIST
+300-650 ms where a matrix product of the same numbers takes 5-15 ms (docs/records/benchmarks_log_2026-11.md,
+"The training step on CPU"). Those few layers were most of the CPU training step: ~70% of the default Fashion-MNIST
 step and of the ResNet-18 step at 64 px.
 
 `conv_general_dilated` (a drop-in `conv_general_dilated` for `nnx.Conv`) keeps XLA's convolution where

@@ -2,13 +2,14 @@
 //
 //   dW[i, j, ci, co] = sum_{n, ho, wo} x[n, ho*sh + i - ph, wo*sw + j - pw, ci] * dy[n, ho, wo, co]
 //
-// XLA:CPU computes this as a convolution whose window is the batch: it transposes x to [C, H, W, N] and dy
-// to [H, W, N, C] first (copies that run far below the memory bandwidth) and then reaches ~25 GFLOP/s
-// (docs/benchmarks.md, "The training step on CPU"). Here it is a register-blocked outer-product loop that
-// reads x and dy in place: for each tap and each block of CB input x 16*NV output channels the accumulators
-// stay in registers while the valid pixels of a chunk of images stream by; the chunk is sized so that its
-// x and dy stay in the L2 cache across the taps and blocks. The (tap, output block) items of a chunk run on
-// XLA's intra-op thread pool; each writes its own part of dW, so the result does not depend on the threads. Vectors are GCC's generic vectors, so the same source builds for AVX2 and AVX-512.
+// XLA:CPU computes this as a convolution whose window is the batch: it transposes x to [C, H, W, N] and dy to
+// [H, W, N, C] first (copies that run far below the memory bandwidth) and then reaches ~25 GFLOP/s
+// (docs/records/benchmarks_log_2026-11.md, "The training step on CPU"). Here it is a register-blocked outer-product
+// loop that reads x and dy in place: for each tap and each block of CB input x 16*NV output channels the accumulators
+// stay in registers while the valid pixels of a chunk of images stream by; the chunk is sized so that its x and dy stay
+// in the L2 cache across the taps and blocks. The (tap, output block) items of a chunk run on XLA's intra-op thread
+// pool; each writes its own part of dW, so the result does not depend on the threads. Vectors are GCC's generic
+// vectors, so the same source builds for AVX2 and AVX-512.
 #include <cstdint>
 #include <cstring>
 #include <vector>
