@@ -67,15 +67,23 @@ def config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _parent(tree: dict, key: str, create: bool):
+  """(the dict holding a dotted key's leaf, the leaf's name); None for the dict where the path is missing or not a
+  dict (`create`: missing levels are added)."""
+  *path, leaf = key.split('.')
+  node = tree
+  for part in path:
+    node = node.setdefault(part, {}) if create and isinstance(node, dict) else (
+        node.get(part) if isinstance(node, dict) else None)
+  return (node if isinstance(node, dict) else None), leaf
+
+
 def with_legacy_values(held: dict) -> dict:
   """A copy of a config.json's content with the absent keys of LEGACY_VALUES filled in."""
   out = copy.deepcopy(held)
   for key, value in LEGACY_VALUES.items():
-    *path, leaf = key.split('.')
-    node = out
-    for part in path:
-      node = node.setdefault(part, {}) if isinstance(node, dict) else {}
-    if isinstance(node, dict):
+    node, leaf = _parent(out, key, create=True)
+    if node is not None:
       node.setdefault(leaf, value)
   return out
 
@@ -87,11 +95,8 @@ def identity(held: dict) -> dict:
   for key in EXECUTION_KEYS:
     if key == 'data.path' and (ident.get('data') or {}).get('name') == 'image_folder':
       continue  # there the folder is the dataset itself, not where a known dataset lies
-    *path, leaf = key.split('.')
-    node = ident
-    for part in path:
-      node = node.get(part, {}) if isinstance(node, dict) else {}
-    if isinstance(node, dict):
+    node, leaf = _parent(ident, key, create=False)
+    if node is not None:
       node.pop(leaf, None)
   return ident
 
