@@ -35,7 +35,7 @@ such. SIGTERM stops the study after the current runs have saved their checkpoint
 
 `--parallel=N` trains N runs at a time, each in its own process pinned to one CPU core with one JAX device
 (base.train.cpu_devices=1, an execution setting); each run's output goes to its DIR/<row>/seed<k>/log.txt. On a
-2-core machine --parallel=2 gives 1.2-1.3x the throughput of one 2-device process (docs/study.md).
+2-core machine --parallel=2 gives 1.2-1.3x the throughput of one 2-device process (docs/study.md "Sizing").
 
 `--record=RECORD` makes a study span sittings and machines: RECORD holds finished runs without checkpoints
 (config, metrics, summary, plots: commit it). Runs found there are copied in instead of trained, each run that

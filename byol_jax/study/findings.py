@@ -1,11 +1,13 @@
-"""README's findings at a glance and the records index's study table, generated from the committed study records.
+"""The findings tables (README, docs/study.md) and the records index's study table, from the committed records.
 
-  python -m byol_jax.study.findings            rewrite both regions in place (README.md, docs/records/README.md)
+  python -m byol_jax.study.findings            rewrite the regions in place (README.md, docs/study.md,
+                                               docs/records/README.md)
   python -m byol_jax.study.findings --check    exit 1, naming the file, where a region is not what the records give
 
-The prose (the paper's claim, the verdict's wording, what each record holds) is docs/findings.toml's. Every number
-in it is a placeholder `{FUNCTION STUDY ...}` filled from docs/records/study/STUDY/results.json (ROWS: one row or
-several, comma-separated; KEY: a metric of a row, dotted into `real_vs_theory`; SPEC: a Python format, default .3f):
+The prose (the paper's claim, the verdict's wording, what each study found, what each record holds) is
+docs/findings.toml's. Every number in it is a placeholder `{FUNCTION STUDY ...}` filled from
+docs/records/study/STUDY/results.json (ROWS: one row or several, comma-separated; KEY: a metric of a row, dotted into
+`real_vs_theory`; SPEC: a Python format, default .3f):
 
   {probe STUDY ROWS}            the linear probe, mean ± std over seeds ("0.827 ± 0.011"; one seed: "0.805")
   {mean STUDY ROWS KEY:SPEC}    a metric's mean over seeds; {seed0 ...} the same at seed 0; {max ...} the largest
@@ -45,6 +47,8 @@ STUDY_RECORDS = 'docs/records/study'
 PROSE = 'docs/findings.toml'
 README = 'README.md'
 RECORDS_INDEX = 'docs/records/README.md'
+GUIDE = 'docs/study.md'
+CURRENT = '_paper_regime'  # the record folders of the studies as configured today (dated ones are history)
 MINUS = '\u2212'  # the README's minus sign
 
 
@@ -335,6 +339,33 @@ def records_table(prose: dict, records: Records) -> str:
   return '\n'.join(out)
 
 
+def glance_table(prose: dict, records: Records) -> str:
+  """The study guide's findings at a glance: one [[glance]] of docs/findings.toml per study, with its records; every
+  record of the paper's regime (a folder ending in CURRENT) has its line."""
+  if not prose.get('glance'):
+    raise FindingsError(f'{PROSE}: no [[glance]]: {GUIDE} lists one line per study (study, section, found, record)')
+  to_records = os.path.relpath(STUDY_RECORDS, os.path.dirname(GUIDE)).replace(os.sep, '/')
+  out, named = ['| study | what it found | record |', '|---|---|---|'], set()
+  for item in prose['glance']:
+    what = f'glance {item.get("study")!r}'
+    missing = [k for k in ('study', 'section', 'found', 'record') if k not in item]
+    if missing:
+      raise FindingsError(f'{PROSE}: {what} has no {", ".join(missing)}')
+    _expectations(item, records, what)
+    folders = item['record'] if isinstance(item['record'], list) else [item['record']]
+    for folder in folders:
+      records.study(folder)  # a folder that is not a study record stops here, named
+    named.update(folders)
+    found = ' '.join(render(item['found'].strip(), records).split())
+    links = ', '.join(f'[{f}/]({to_records}/{f}/)' for f in folders)
+    out.append(f'| [`{item["study"]}`]({item["section"]}) | {found} | {links} |')
+  unnamed = [f for f in records.folders() if f.endswith(CURRENT) and f not in named]
+  if unnamed:
+    raise FindingsError(f'{PROSE}: no [[glance]] names {STUDY_RECORDS}/{", ".join(unnamed)} (add its line: study, '
+                        f'section, found, record)')
+  return '\n'.join(out)
+
+
 def _markers(name: str) -> tuple[str, str]:
   return (f'<!-- generated: {name} (python -m byol_jax.study.findings, from {PROSE} and the records) -->',
           f'<!-- end generated: {name} -->')
@@ -352,6 +383,7 @@ def regenerated(root: str = ROOT) -> dict[str, str]:
   """{path: its text with the generated regions rewritten from the records}."""
   prose, records = load_prose(root), Records(root)
   bodies = {README: [(table['region'], findings_table(table, records)) for table in prose['table']],
+            GUIDE: [('study findings', glance_table(prose, records))],
             RECORDS_INDEX: [('study records', records_table(prose, records))]}
   out = {}
   for path, regions in bodies.items():

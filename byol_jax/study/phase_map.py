@@ -25,7 +25,8 @@ Two maps from a run to the theory (alpha_p = predictor.lr_mult and sigma2 = 0 in
          gradient flow's velocity, weight decay included: t = steps * lr / (1 - m), eta = wd,
          beta = (1 - tau_ema) (1 - m) / lr.
 tau_ema = 0 gives the largest beta of a map (the target equals the online network after every step). The maps
-place the runs; neither is a fit. Which one predicts the real network's collapse is a measurement (docs/study.md).
+place the runs; neither is a fit. Which one predicts the real network's collapse is a measurement (docs/study.md,
+"The lr sweep at fixed eta").
 Beside the maps, a quantity neither holds: the angular step per update of a weight behind BatchNorm at its norm
 equilibrium, sqrt(2·lr·wd / (1 + m)) (byol_jax/study/lr_sweep.py says why; at one lr it grows with wd alone, so
 only an lr sweep tells it from eta).

@@ -22,7 +22,7 @@ Time:     :short (400 steps, 12 runs): ~13 min on 2 CPU cores with --parallel=2;
 Result:   default, 3 seeds: no alpha_p collapses, alpha_p 1 included (0.818 +- 0.016; alpha_p 2-10 0.838-0.841,
           each +2 points over alpha_p 1, not resolved at 3 seeds); alpha_p scales W_p's eigenvalues, not the
           number of surviving modes. :short: every alpha_p ends at or below the collapse line, the spread
-          falling with alpha_p (Obs#2's effect, not Fig. 6's rescue); docs/study.md.
+          falling with alpha_p (Obs#2's effect, not Fig. 6's rescue); docs/study.md "Fig. 6".
 
 Rows:
   alphap1    linear_sym,simsiam,alphap1     (36.62, Tbl 3 linear sym, no EMA, BYOL: the closest row)

@@ -5,9 +5,10 @@ Command:  python -m byol_jax.study --config=configs/study/directpred_levers.py -
 GPU:      --config=configs/study/directpred_levers.py:stl10 (or :cifar10).
 
 Why these levers. On the Fashion-MNIST study base the uncentred correlation F of the projector output is
-dominated by the direction of its mean: s_1 / s_2 ~ 150 at step 100 (1860 vs 12; docs/study.md), so
-DirectPred's p_j = sqrt(s_j / s_max) + eps puts ~1 on the mean direction and ~eps on every other mode: the
-prediction is mostly the mean, and the other modes grow slowly. Rows:
+dominated by the direction of its mean: s_1 / s_2 ~ 150 at step 100 (1860 vs 12; the DirectPred run of
+docs/records/study_log_2026-11.md, "predictors over 1200 steps"), so DirectPred's p_j = sqrt(s_j / s_max) + eps
+puts ~1 on the mean direction and ~eps on every other mode: the prediction is mostly the mean, and the other
+modes grow slowly. Rows:
   directpred             rho 0.3, eps 0.1 (the paper's Tbl 6 best; the predictors study's row)
   directpred_centre      F = the covariance (the reference code's dyn_zero_mean; the paper reports it worse
                          on STL-10): the mean no longer sets s_max

@@ -15,7 +15,8 @@ Time:     ~16-26 min per run and core on 2 CPU cores with --parallel=2 (2000 ste
 Result:   seed 0, rho 0.3: the probe rises with eps (0.800, 0.807, 0.819, 0.828 for eps 0, 0.01, 0.1, 0.5), with
           the number of F's modes that grow (2 to 7); not the paper's eps 0.1 optimum; rho 0.5 is within a
           point of rho 0.3 at eps 0.01-0.5 and falls 4.5 points behind at eps 0. Seeds 0-2 at rho 0.3: eps 0.5 −
-          eps 0.1 = +0.76 +- 0.38 points, 95% interval [-0.18, +1.70], not resolved at 3 seeds; docs/study.md.
+          eps 0.1 = +0.76 +- 0.38 points, 95% interval [-0.18, +1.70], not resolved at 3 seeds;
+          docs/study.md "Table 6".
 """
 from byol_jax.config import load_config_module
 

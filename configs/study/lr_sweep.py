@@ -29,7 +29,7 @@ spread under the optimizer's. A collapse on the eta 0 line is the step size's ow
 neither map holds. Nor does either hold the angular step sqrt(2·lr·wd / (1 + m)) (lr_sweep.py), which grows with
 lr along every line: it is the same at eta0p025_lr0p2, eta0p1_lr0p1 and eta0p4_lr0p05 (lr * wd = 1e-3), and at
 eta0p025_lr0p4, eta0p1_lr0p2 and eta0p4_lr0p1 (4e-3), where eta0p025_lr0p4 survives under both maps.
-The phase diagram at lr 0.1 (docs/study.md, the 400-step short-run base) collapsed completely at wd 4e-2 (paper's
+The phase diagram at lr 0.1 (docs/study.md "The short-run transient") collapsed completely at wd 4e-2 (paper's
 eta 0.4) and agreed with the paper's map in 12 of 16 cells, the optimizer's in 8; one lr cannot separate the maps,
 this sweep can. The study writes lr_sweep.png and lr_sweep.json beside its results.
 """

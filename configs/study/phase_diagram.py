@@ -19,7 +19,8 @@ collapsed); wd 4e-4, tau 0.996: 75.09 (Tbl 3); no wd, no EMA (wd0_tau0): 43.04 (
 
 Time:     ~14-18 min per run and core on 2 CPU cores with --parallel=2 (1500 steps): ~2.2 h for the 16 cells.
 Result:   seed 0: wd 4e-2 collapses completely at every EMA rate (probe 0.100), no cell below it collapses; a
-          slower EMA keeps more of z's modes (rank 2.8-3.6 -> 9.3-10.4 at wd 0-4e-4); docs/study.md.
+          slower EMA keeps more of z's modes (rank 2.8-3.6 -> 9.3-10.4 at wd 0-4e-4);
+          docs/study.md "The phase diagram in the paper's regime".
 """
 from byol_jax.config import load_config_module
 
