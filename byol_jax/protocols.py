@@ -15,22 +15,31 @@ Each prints one line and appends one JSON record to DIR/evaluation.jsonl (rundir
             training mode, its statistics updated), the same optimizer and views.
 - semi:     finetune on a fixed, class-balanced subset of the train labels: --label_fraction of each class, drawn
             with --subset_seed (0), written to DIR/subsets/ beside the result so anyone can reuse it; or the subset
-            a file lists (--subset_file: one index into the train split per line, '#' comments; what this command
-            writes). SimCLR's schedule: 60 epochs of a subset under 10% of the labels, 30 from 10% on.
+            a file lists (--subset_file, '#' comments; what this command writes): one index into the train split
+            per line for a dataset held in memory, one file name per line for a streamed one (ImageNet: SimCLR's
+            published 1percent.txt / 10percent.txt). SimCLR's schedule: 60 epochs of a subset under 10% of the
+            labels, 30 from 10% on.
 --from_scratch: the same protocol from the run's random initialisation (its seed) instead of its checkpoint: with
   finetune and semi, a supervised network trained on the same labels, which says what the pretraining is worth.
 
 The recipes (RECIPES) are BYOL's and SimCLR's (Nesterov SGD, cosine, crops and flips) with fewer epochs, so each
 protocol takes minutes on 2 CPU cores for the default run; the crop's scale and aspect range are the run's
-(data.augment), the classifier starts at zero. The trained protocols need a dataset held in memory (not ImageNet,
-which tfds streams); frozen and knn take any. docs/evaluation.md has the default run's
-table.
+(data.augment), the classifier starts at zero.
+
+Streamed datasets (ImageNet, tfds_source.ImageNetPipeline): the classifier trains on the streamed train split, one
+crop per image made on the host with the run's scale and ratio (the pretraining's pipeline with views=1), the flip
+on device, in the same compiled step as the in-memory case; it is tested with the same evaluation path as frozen
+(the centre-cropped validation split). A semi subset on a stream is resolved by one pass over the split's file
+names and labels (tfds_source.scan_file_names, no image decoded): --subset_file's names become positions, with how
+many were found, and --label_fraction draws the same class-balanced subset as in memory and writes it as file
+names; the train stream then keeps exactly those positions. docs/evaluation.md has the default run's table.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import os
 import sys
@@ -41,7 +50,7 @@ import numpy as np
 from byol_jax import rundir
 
 PROTOCOLS = ('frozen', 'knn', 'linear', 'finetune', 'semi')
-TRAINED = ('linear', 'finetune', 'semi')  # the protocols that train a classifier (and need in-memory data)
+TRAINED = ('linear', 'finetune', 'semi')  # the protocols that train a classifier
 REFERENCE_BATCH = 256  # the lr scales as base_lr * batch / 256 (BYOL, SimCLR)
 
 
@@ -99,32 +108,37 @@ def subset_name(dataset: str, fraction: float, seed: int) -> str:
   return f'{dataset}_{100 * fraction:g}pct_seed{seed}.txt'
 
 
-def write_subset(path: str, indices: np.ndarray, header: str) -> None:
-  """One index per line after '#' header lines; written to a temporary file, then renamed."""
+def write_subset(path: str, entries, header: str) -> None:
+  """One entry (an index, or a file name) per line after '#' header lines; written to a temporary file, then
+  renamed."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.{os.getpid()}.tmp'
   with open(tmp, 'w') as f:
     f.write(''.join(f'# {line}\n' for line in header.splitlines()))
-    f.write(''.join(f'{i}\n' for i in indices))
+    f.write(''.join(f'{entry}\n' for entry in entries))
   os.replace(tmp, path)
 
 
-def read_subset(path: str, num_examples: int) -> np.ndarray:
-  """The sorted, distinct train-split indices a subset file lists (what write_subset writes)."""
+def _subset_lines(path: str) -> list[tuple[int, str]]:
+  """(line number, stripped text) of a subset file's entries: blank lines and '#' comments left out."""
   try:
     with open(path) as f:
       lines = f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
     raise ProtocolError(f'--subset_file={path}: cannot be read ({getattr(e, "strerror", None) or e})') from None
+  return [(number, line.strip()) for number, line in enumerate(lines, 1)
+          if line.strip() and not line.strip().startswith('#')]
+
+
+def read_subset(path: str, num_examples: int) -> np.ndarray:
+  """The sorted, distinct train-split indices a subset file lists (what write_subset writes for a dataset held in
+  memory)."""
   indices = []
-  for number, line in enumerate(lines, 1):
-    line = line.strip()
-    if not line or line.startswith('#'):
-      continue
+  for number, line in _subset_lines(path):
     if not line.isdigit():
       raise ProtocolError(
-          f'--subset_file={path} line {number}: {line[:40]!r} is not an index into the train split (a file name, '
-          "as ImageNet's published lists hold, needs a streamed dataset, which the trained protocols do not take)")
+          f'--subset_file={path} line {number}: {line[:40]!r} is not an index into the train split (a list of file '
+          "names, as ImageNet's published lists, is for a streamed dataset; this run's is held in memory)")
     if int(line) >= num_examples:
       raise ProtocolError(f'--subset_file={path} line {number}: index {line} is past the train split '
                           f'({num_examples} examples); was the file written for another dataset?')
@@ -133,6 +147,30 @@ def read_subset(path: str, num_examples: int) -> np.ndarray:
     raise ProtocolError(f'--subset_file={path}: lists no index; give a file that `--protocol=semi '
                         '--label_fraction=...` wrote')
   return np.unique(np.asarray(indices, np.int64))
+
+
+def read_file_names(path: str) -> np.ndarray:
+  """The distinct file names a subset file of a streamed dataset lists (sorted): SimCLR's ImageNet lists
+  (`n01440764_10026.JPEG`, one a line) or what write_subset writes for a streamed dataset."""
+  names = [line for _, line in _subset_lines(path)]
+  if not names:
+    raise ProtocolError(f'--subset_file={path}: lists no file name; give one file name of the train split per line '
+                        "(ImageNet: SimCLR's imagenet_subsets/1percent.txt or 10percent.txt)")
+  if all(name.isdigit() for name in names):
+    raise ProtocolError(f'--subset_file={path}: lists indices (a subset of a dataset held in memory); a streamed '
+                        "dataset's subset lists file names, e.g. n01440764_10026.JPEG")
+  return np.unique(np.asarray(names, str))
+
+
+def match_file_names(listed: np.ndarray, names: np.ndarray, path: str, where: str) -> np.ndarray:
+  """The sorted positions in the split (`names`: every example's file name, in split order) of the listed names
+  found there; ProtocolError when none is."""
+  positions = np.flatnonzero(np.isin(names, listed))
+  if not positions.size:
+    example = f'; its examples are named like {str(names[0])!r}' if len(names) else ''
+    raise ProtocolError(f'--subset_file={path}: none of its {len(listed)} file names (e.g. {str(listed[0])!r}) is in '
+                        f'{where}{example}; was the list written for another dataset?')
+  return positions.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -163,10 +201,22 @@ def check_request(workdir: str, protocol: str, *, label_fraction: float | None, 
   if not from_scratch and not _has_checkpoint(workdir):
     raise ProtocolError(f'--workdir={workdir}: no checkpoint in {os.path.join(workdir, rundir.CHECKPOINTS)}; '
                         'train the run first, or give --from_scratch for its random initialisation')
-  if protocol in TRAINED and config.data.name == 'imagenet2012':
-    raise ProtocolError(f'--protocol={protocol} trains on a dataset held in memory; imagenet2012 is streamed by '
-                        'tfds (frozen and knn take it)')
+  if protocol == 'semi' and is_streamed(config):  # the subset is named by file names: can it be?
+    from byol_jax.data import tfds_source
+    features = tfds_source.feature_names(config.data.name, config.data.tfds_data_dir or None)
+    if 'file_name' not in features:
+      raise ProtocolError(f'--protocol=semi on the streamed dataset {config.data.name}: its examples have no '
+                          f'file_name feature (only {", ".join(features)}), so no subset of them can be listed; '
+                          'use --protocol=linear or finetune')
+    if subset_file is not None:
+      read_file_names(subset_file)
   return config
+
+
+def is_streamed(config) -> bool:
+  """Whether the run's dataset is streamed by tfds (ImageNet) rather than held in memory."""
+  from byol_jax.data import tfds_source  # imports no TensorFlow
+  return config.data.name in tfds_source.STREAMED
 
 
 def _has_checkpoint(workdir: str) -> bool:
@@ -272,12 +322,13 @@ def run_knn(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # linear, finetune, semi: a classifier trained on augmented views
 # ----------------------------------------------------------------------------------------------------
-def classifier_augment(config):
+def classifier_augment(config, host_crops: bool = False):
   """The trained protocols' views: the run's random crop (its scale and aspect range) and a horizontal flip,
-  nothing else (BYOL's linear evaluation and SimCLR's fine-tuning)."""
+  nothing else (BYOL's linear evaluation and SimCLR's fine-tuning). `host_crops`: the images are crops already
+  (a streamed dataset's, made on the host with the same scale and range), the device only flips them."""
   from byol_jax.data import augment
   cfg = augment.augment_config('none')
-  cfg.random_crop = True
+  cfg.random_crop = not host_crops
   cfg.crop_scale = tuple(config.data.augment.crop_scale)
   cfg.crop_ratio = tuple(config.data.augment.crop_ratio)
   cfg.flip_prob = 0.5
@@ -390,22 +441,88 @@ def _normalisation(info) -> tuple[tuple, tuple]:
   return tuple(np.ravel(info['mean']).tolist()), tuple(np.ravel(info['std']).tolist())
 
 
+def labelled_train(data: dict) -> tuple[np.ndarray, np.ndarray]:
+  """The labelled examples of an in-memory train split (STL-10's holds its unlabelled images too, label -1)."""
+  images, labels = data['train']
+  if np.any(labels < 0):
+    keep = np.flatnonzero(labels >= 0)
+    images, labels = images[keep], labels[keep]
+  return images, labels
+
+
+def train_labels(config, data: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
+  """(label of every labelled train example, its file name or None): what a semi subset is drawn from and
+  names. In memory (`data`), the arrays; streamed (None), one pass over the split's file names and labels (no
+  image decoded)."""
+  if data is not None:
+    return labelled_train(data)[1], None
+  from byol_jax.data import tfds_source
+  d = config.data
+  try:
+    names, labels = tfds_source.scan_file_names(d.name, d.tfds_data_dir or None, 'train')
+  except ValueError as e:
+    raise ProtocolError(f'--protocol=semi: {e}') from None
+  return labels, names
+
+
+def labelled_count(run: Run, indices: np.ndarray | None) -> int:
+  if indices is not None:
+    return len(indices)
+  if run.data is not None:
+    return len(labelled_train(run.data)[1])
+  from byol_jax.data import tfds_source
+  return tfds_source.num_examples(run.config.data.name, run.config.data.tfds_data_dir or None, 'train')
+
+
+def classifier_batches(run: Run, batch: int, indices: np.ndarray | None):
+  """(process-local batches {'image', 'label', 'index'} of steps 0, 1, 2, ... (endless), steps per epoch) of the
+  labelled train examples `indices` (None: all). In memory: whole images (sources.InMemorySource), cropped on the
+  device. Streamed: the train split as the pretraining streams it (tfds_source.ImageNetPipeline) with one crop per
+  image (views=1), the run's crop scale and ratio, kept to `indices`. 'index' keys each example's flip (and, in
+  memory, its crop) with the step."""
+  import jax
+  d = run.config.data
+  if run.data is not None:
+    from byol_jax.data import sources
+    images, labels = labelled_train(run.data)
+    if indices is not None:
+      images, labels = images[indices], labels[indices]
+    source = sources.InMemorySource(images, labels, global_batch_size=batch, seed=run.config.seed,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+    return (source.batch(step) for step in itertools.count()), source.steps_per_epoch
+  from byol_jax.data import tfds_source
+  try:
+    pipe = tfds_source.ImageNetPipeline('train', batch, d.image_size, run.config.seed, jax.process_index(),
+                                        jax.process_count(), d.tfds_data_dir or None, name=d.name,
+                                        crop_scale=tuple(d.augment.crop_scale), crop_ratio=tuple(d.augment.crop_ratio),
+                                        views=1, subset=indices)
+  except ValueError as e:  # a subset too small for a batch in some process's slice of the split
+    raise ProtocolError(f'{e}; give a larger subset or a smaller --batch_size') from None
+
+  def batches():
+    stream = pipe.batch_iterator(0)
+    try:
+      for b in stream:
+        yield {'image': b['view1_u8'], 'label': b['label'], 'index': b['index']}
+    finally:
+      stream.close()  # stops the prefetch thread
+  return batches(), pipe.steps_per_epoch
+
+
 def train_classifier(run: Run, protocol: str, recipe: Recipe, indices: np.ndarray | None, log=None) -> dict:
-  """Trains the protocol's classifier on the train examples `indices` (None: all), returns its test top-1."""
+  """Trains the protocol's classifier on the labelled train examples `indices` (None: all), returns its test
+  top-1."""
   import jax
   import jax.numpy as jnp
   from byol_jax import features
-  from byol_jax.data import sources
-  images, labels = run.data['train']
-  if indices is not None:
-    images, labels = images[indices], labels[indices]
-  n, devices = len(labels), run.mesh.size
+  n, devices = labelled_count(run, indices), run.mesh.size
   batch = max(devices, min(recipe.batch_size, n) // devices * devices)
   if batch > n:
     raise ProtocolError(f'{n} labelled examples cannot fill a batch on {devices} devices; give a larger '
                         '--label_fraction')
   recipe = dataclasses.replace(recipe, batch_size=batch)
-  steps = recipe.epochs * (n // batch)
+  batches, steps_per_epoch = classifier_batches(run, batch, indices)
+  steps = recipe.epochs * steps_per_epoch
   train_encoder = protocol != 'linear'
   state = _precise_if_untrained(run) if not train_encoder else run.state
   train_graph, eval_graph, encoder_params, stats = encoder_parts(run, state)
@@ -415,7 +532,7 @@ def train_classifier(run: Run, protocol: str, recipe: Recipe, indices: np.ndarra
           'b': np.zeros((run.info['num_classes'],), np.float32)}
   trainable = {'encoder': encoder_params, 'head': head} if train_encoder else {'head': head}
   frozen = None if train_encoder else encoder_params
-  aug = classifier_augment(run.config)
+  aug = classifier_augment(run.config, host_crops=run.data is None)
   tx, step_fn = make_train_step(run.mesh, graph, train_encoder=train_encoder,
                                 weight_decay=recipe.weight_decay, momentum=recipe.momentum,
                                 augment_items=tuple(sorted(aug.to_dict().items())),
@@ -425,16 +542,14 @@ def train_classifier(run: Run, protocol: str, recipe: Recipe, indices: np.ndarra
   trainable, frozen, stats = jax.device_put((trainable, frozen, stats), replicated)
   opt_state = jax.device_put(tx.init(trainable), replicated)
   lr = lr_schedule(recipe, steps)
-  source = sources.InMemorySource(images, labels, global_batch_size=batch, seed=run.config.seed,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
   loss = None
-  for step in range(steps):
-    b = source.batch(step)  # 'index' is the position in the (sub)set: each example's crops depend on it and step
+  for step, b in zip(range(steps), batches):
     trainable, stats, opt_state, loss = step_fn(trainable, frozen, stats, opt_state,
                                                 features.shard_batch(run.mesh, b), jnp.int32(step),
                                                 jnp.float32(lr(step)))
     if log is not None and (step + 1) % max(1, steps // 10) == 0:
       log(f'{protocol}: step {step + 1}/{steps}, loss {float(loss):.4f}')
+  batches.close()
   final_loss = float(loss) if loss is not None else None
   if final_loss is not None and not np.isfinite(final_loss):
     raise ProtocolError(f'{protocol}: the loss became {final_loss} at base lr {recipe.base_lr:g}; give a lower '
@@ -453,13 +568,43 @@ def train_classifier(run: Run, protocol: str, recipe: Recipe, indices: np.ndarra
 def recipe_for(protocol: str, *, label_fraction: float | None, epochs: int | None, batch_size: int | None,
                base_lr: float | None, weight_decay: float | None) -> Recipe:
   recipe = RECIPES[protocol]
-  if protocol == 'semi' and label_fraction is not None and label_fraction < 0.1:
+  # (rounded: SimCLR's ImageNet 10% list holds 128,116 of 1,281,167 examples, 9.99994%)
+  if protocol == 'semi' and label_fraction is not None and round(label_fraction, 3) < 0.1:
     recipe = dataclasses.replace(recipe, epochs=SEMI_SMALL_FRACTION_EPOCHS)
   given = dict(epochs=epochs, batch_size=batch_size, base_lr=base_lr, weight_decay=weight_decay)
   for name, value in given.items():
     if value is not None and not value >= (1 if name in ('epochs', 'batch_size') else 0):
       raise ProtocolError(f'--{name}={value} must be {">= 1" if name in ("epochs", "batch_size") else ">= 0"}')
   return dataclasses.replace(recipe, **{k: v for k, v in given.items() if v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  indices: np.ndarray        # sorted positions in the labelled train split
+  labels: np.ndarray         # the label of every labelled train example
+  names: np.ndarray | None   # streamed: the file name of every train example; in memory: None
+  path: str                  # --subset_file, or where the drawn subset is written
+  listed: dict               # streamed --subset_file: {'listed_names', 'found_names'}; else {}
+
+
+def choose_subset(config, data: dict | None, workdir: str, *, label_fraction: float | None, subset_file: str | None,
+                  subset_seed: int, log=None) -> Subset:
+  """semi's labelled examples: the file's (indices in memory; file names on a stream, of which those found), or a
+  class-balanced draw of label_fraction of each class."""
+  labels, names = train_labels(config, data)
+  if subset_file is None:
+    return Subset(balanced_subset(labels, label_fraction, subset_seed), labels, names, os.path.join(
+        workdir, rundir.SUBSETS, subset_name(config.data.name, label_fraction, subset_seed)), {})
+  if names is None:
+    return Subset(read_subset(subset_file, len(labels)), labels, None, subset_file, {})
+  listed = read_file_names(subset_file)
+  where = f'{config.data.name}/train'
+  indices = match_file_names(listed, names, subset_file, where)
+  if log is not None:
+    missing = np.setdiff1d(listed, names[indices])
+    log(f'semi: {len(indices)} of the {len(listed)} file names {subset_file} lists are in {where}'
+        + (f'; not found: {", ".join(missing[:3])}{", ..." if len(missing) > 3 else ""}' if len(missing) else ''))
+  return Subset(indices, labels, names, subset_file, dict(listed_names=len(listed), found_names=len(indices)))
 
 
 def _duration(seconds: float) -> str:
@@ -478,22 +623,25 @@ def evaluate_run(workdir: str, protocol: str, *, label_fraction: float | None = 
   overrides = dict(epochs=epochs, batch_size=batch_size, base_lr=base_lr, weight_decay=weight_decay)
   recipe = recipe_for(protocol, label_fraction=label_fraction, **overrides) if protocol in TRAINED else None
   t0 = time.time()
+  subset = None
+  if protocol == 'semi' and is_streamed(config):  # before the network: a list that names nothing fails at once
+    subset = choose_subset(config, None, workdir, label_fraction=label_fraction, subset_file=subset_file,
+                           subset_seed=subset_seed, log=log)
   run = load_run(workdir, config, from_scratch)
   if protocol in TRAINED and not run.info.get('labelled', True):
     raise ProtocolError(f'--protocol={protocol}: the run\'s images ({config.data.name}) have no labels')
   record = dict(protocol=protocol, from_scratch=bool(from_scratch), checkpoint_step=run.step,
                 dataset=config.data.name)
-  indices, subset_path = None, None
+  indices = None
   if protocol == 'semi':
-    train_labels = run.data['train'][1]
-    if subset_file is not None:
-      indices, subset_path = read_subset(subset_file, len(train_labels)), subset_file
-    else:
-      indices = balanced_subset(train_labels, label_fraction, subset_seed)
-      subset_path = os.path.join(workdir, rundir.SUBSETS, subset_name(config.data.name, label_fraction, subset_seed))
-    counts = np.bincount(train_labels[indices], minlength=run.info['num_classes'])
+    if subset is None:  # in memory: the labels came with the run's data
+      subset = choose_subset(config, run.data, workdir, label_fraction=label_fraction, subset_file=subset_file,
+                             subset_seed=subset_seed, log=log)
+    indices, labels, names, subset_path = subset.indices, subset.labels, subset.names, subset.path
+    counts = np.bincount(labels[indices], minlength=run.info['num_classes'])
+    record.update(subset.listed)
     record.update(subset=os.path.relpath(subset_path, workdir) if subset_file is None else subset_file,
-                  label_fraction=label_fraction if subset_file is None else len(indices) / len(train_labels),
+                  label_fraction=label_fraction if subset_file is None else len(indices) / len(labels),
                   subset_seed=subset_seed if subset_file is None else None, labels_per_class=counts.tolist())
     recipe = recipe_for(protocol, label_fraction=record['label_fraction'], **overrides)  # a file's fraction
   if protocol == 'frozen':
@@ -505,10 +653,11 @@ def evaluate_run(workdir: str, protocol: str, *, label_fraction: float | None = 
   import jax
   if jax.process_index() == 0:
     if protocol == 'semi' and subset_file is None:
-      header = (f'{config.data.name} train split: {len(indices)} of {len(run.data["train"][1])} examples, '
+      entry = 'One index into the train split' if names is None else 'One file name (tfds file_name) of the train split'
+      header = (f'{config.data.name} train split: {len(indices)} of {len(labels)} examples, '
                 f'{label_fraction:g} of each class (class-balanced), drawn with numpy default_rng({subset_seed}).\n'
-                'One index into the train split per line; reuse: --protocol=semi --subset_file=<this file>')
-      write_subset(subset_path, indices, header)
+                f'{entry} per line; reuse: --protocol=semi --subset_file=<this file>')
+      write_subset(subset_path, indices if names is None else np.sort(names[indices]), header)
   record.update(result, seconds=round(time.time() - t0, 1),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
   if jax.process_index() == 0:
@@ -520,12 +669,14 @@ def evaluate_run(workdir: str, protocol: str, *, label_fraction: float | None = 
 def summary_line(record: dict, workdir: str) -> str:
   name = record['protocol']
   if name == 'semi':
-    name += f' {100 * record["label_fraction"]:g}%'
+    name += f' {100 * record["label_fraction"]:.3g}%'  # a published list's 12,811 of 1,281,167: 1%
   if record['from_scratch']:
     name += ' from scratch'
   where = 'random initialisation' if record['checkpoint_step'] is None else f'step {record["checkpoint_step"]}'
   s = record['settings']
-  how = (f'{s["epochs"]} epochs of {record["train_examples"]} labels, {record["steps"]} steps of batch '
+  found = (f' ({record["found_names"]} of the {record["listed_names"]} listed file names found)'
+           if record.get('found_names', 0) < record.get('listed_names', 0) else '')
+  how = (f'{s["epochs"]} epochs of {record["train_examples"]} labels{found}, {record["steps"]} steps of batch '
          f'{s["batch_size"]}, lr {s["lr"]:.3g}' if 'steps' in record else
          f'k {s["k"]}' if name.startswith('knn') else f'{s["solver"]} probe on {record["train_examples"]} examples')
   return (f'byol_jax {name} on {record["dataset"]} ({where}): top-1 {record["top1"]:.4f} | {how} | '
@@ -538,7 +689,8 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'A training run directory (config.json and checkpoints/).')
   flags.DEFINE_string('protocol', None, f'One of {", ".join(PROTOCOLS)}.')
   flags.DEFINE_float('label_fraction', None, 'semi: the fraction of each class\'s train labels, in (0, 1].')
-  flags.DEFINE_string('subset_file', None, 'semi: a file of train-split indices, one per line (what semi writes).')
+  flags.DEFINE_string('subset_file', None, 'semi: a file of train-split indices, one per line (what semi writes); of '
+                      "file names for a streamed dataset (ImageNet: SimCLR's 1percent.txt, 10percent.txt).")
   flags.DEFINE_integer('subset_seed', 0, 'semi: the seed of the class-balanced draw.')
   flags.DEFINE_bool('from_scratch', False, 'Start from the run\'s random initialisation instead of its checkpoint.')
   flags.DEFINE_integer('epochs', None, 'linear, finetune, semi: epochs (default: RECIPES in byol_jax/protocols.py).')

@@ -1,9 +1,12 @@
 """The evaluation protocols (byol_jax/protocols.py, `python -m byol_jax.evaluate`) on one configs/tiny.py run: frozen
 and knn are the run's own evaluation, linear trains the head only, finetune learns, semi's subset is class-balanced,
-written and reused; bad input is one line, exit status 2, nothing written.
+written and reused; bad input is one line, exit status 2, nothing written. Then the same on a streamed dataset: a
+tiny imagenet2012 that tfds's own builder prepares from fake ILSVRC2012 tars (as tests/test_tfds.py), where semi's
+subset is a list of file names (SimCLR's format) and the train stream keeps exactly the listed examples.
 
 Small batches and few epochs; the protocols of one process share their compiled steps.
 """
+import importlib.util
 import io
 import json
 import os
@@ -11,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import jax
 import numpy as np
@@ -114,6 +118,11 @@ def test_balanced_subsets_are_seeded_and_subset_files_are_checked(tmp_path):
   path = str(tmp_path / 'subset.txt')
   protocols.write_subset(path, one, 'header\nsecond line')
   np.testing.assert_array_equal(protocols.read_subset(path, len(labels)), one)
+  # STL-10's train split holds its 100k unlabelled images (label -1) after the labelled ones: the protocols train on
+  # and draw subsets from the labelled ones only.
+  images = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1)
+  kept_images, kept_labels = protocols.labelled_train({'train': (images, np.array([3, 1, 4, -1, -1, -1]))})
+  assert kept_images.ravel().tolist() == [0, 1, 2] and kept_labels.tolist() == [3, 1, 4]
   for text, match in [('n01440764_10026.JPEG\n', 'line 1: .* is not an index'), ('# only\n', 'lists no index'),
                       ('3\n950\n', 'line 2: index 950 is past the train split')]:
     with open(path, 'w') as f:
@@ -157,3 +166,195 @@ def test_the_command_line_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and not proc.stdout, proc
     assert len(proc.stderr.strip().splitlines()) == 1 and match in proc.stderr, proc.stderr
   assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# A streamed dataset: imagenet2012 read by tf.data (byol_jax/data/tfds_source.py)
+# ----------------------------------------------------------------------------------------------------
+SYNSETS = ('n01440764', 'n01443537', 'n01484850')  # ImageNet's classes 0, 1, 2
+PER_CLASS = 10
+LISTED = [f'{synset}_{i}.JPEG' for synset in SYNSETS for i in range(4)]  # 4 of each class's 10 train images
+ABSENT = 'n09999999_1.JPEG'  # a listed name that no example has
+
+
+def _jpeg(rng, height, width) -> bytes:
+  import tensorflow as tf
+  return tf.io.encode_jpeg(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), quality=90).numpy()
+
+
+def _tar_add(tar, name, data):
+  member = tarfile.TarInfo(name)
+  member.size = len(data)
+  tar.addfile(member, io.BytesIO(data))
+
+
+@pytest.fixture(scope='module')
+def fake_imagenet(tmp_path_factory):
+  """A tfds data_dir with imagenet2012 prepared by tfds's builder from fake ILSVRC2012 tars: 30 train images (10 of
+  each of 3 classes, named n01440764_0.JPEG ...) in 3 shards, 10 validation images."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  data_dir = tmp_path_factory.mktemp('tfds')
+  manual = data_dir / 'downloads' / 'manual'
+  manual.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as train:
+    for synset in SYNSETS:
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as t:
+        for i in range(PER_CLASS):
+          _tar_add(t, f'{synset}_{i}.JPEG', _jpeg(rng, int(rng.integers(40, 90)), int(rng.integers(40, 90))))
+      _tar_add(train, f'{synset}.tar', inner.getvalue())
+  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as val:
+    for i in range(10):
+      _tar_add(val, f'ILSVRC2012_val_{i + 1:08d}.JPEG', _jpeg(rng, 50, 70))
+  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual), num_shards=3,
+                                                                            try_download_gcs=False))
+  return str(data_dir)
+
+
+@pytest.fixture(scope='module')
+def streamed_run(fake_imagenet, tmp_path_factory):
+  """A run directory of configs/imagenet.py (its config only: the protocols run --from_scratch) with a tiny network
+  on 2 of the tests' 8 devices, reading fake_imagenet."""
+  spec = importlib.util.spec_from_file_location('imagenet_config', os.path.join(ROOT, 'configs', 'imagenet.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('mlp')
+  c.data.tfds_data_dir, c.data.image_size = fake_imagenet, 16
+  c.model.backbone, c.model.width = 'resnet_tiny', 4
+  c.model.projector_hidden, c.model.projector_dim, c.predictor.hidden = 16, 8, 16
+  c.train.batch_size, c.train.num_devices, c.train.compute_dtype = 8, 2, 'float32'
+  c.eval.batch_size, c.eval.precise_bn_batches = 8, 1
+  workdir = str(tmp_path_factory.mktemp('streamed'))
+  rundir.write_config(workdir, c)
+  return workdir
+
+
+def write_list(path, names, header='# a list in the format of SimCLR\'s imagenet_subsets/1percent.txt'):
+  with open(path, 'w') as f:
+    f.write('\n'.join([header, *names]) + '\n')
+  return str(path)
+
+
+def take(pipeline, steps):
+  batches = pipeline.batch_iterator(0)
+  return [next(batches) for _ in range(steps)]
+
+
+def test_a_list_of_file_names_keeps_exactly_those_examples_of_the_stream(fake_imagenet, tmp_path):
+  from byol_jax.data import tfds_source
+  names, labels = tfds_source.scan_file_names('imagenet2012', fake_imagenet)
+  assert sorted(names) == sorted(f'{s}_{i}.JPEG' for s in SYNSETS for i in range(PER_CLASS))
+  assert [SYNSETS[label] for label in labels] == [name.split('_')[0] for name in names]
+  path = write_list(tmp_path / 'list.txt', LISTED + [ABSENT, LISTED[0]])  # a name twice counts once
+  listed = protocols.read_file_names(path)
+  assert len(listed) == 13
+  positions = protocols.match_file_names(listed, names, path, 'imagenet2012/train')
+  assert sorted(names[positions]) == sorted(LISTED)
+  pipe = lambda **kw: tfds_source.ImageNetPipeline('train', 4, 16, seed=1, data_dir=fake_imagenet, shuffle_buffer=16,
+                                                   prefetch=0, **kw)
+  # One process: an epoch of the filtered stream is the 12 listed examples, each once, one crop each: the
+  # pretraining pipeline's first crop of the example.
+  subset = pipe(views=1, subset=positions)
+  assert subset.steps_per_epoch == 3
+  epoch = take(subset, 3)
+  assert all(set(b) == {'view1_u8', 'label', 'index'} for b in epoch)
+  index = np.concatenate([b['index'] for b in epoch])
+  assert len(index) == 12 and sorted(index.tolist()) == sorted(positions.tolist())
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in epoch]), labels[index])
+  full = take(pipe(), 7)  # the whole epoch of the default pipeline (7 batches of 4)
+  crop_of = {i: v for b in full for i, v in zip(b['index'].tolist(), b['view1_u8'])}
+  common = [(i, v) for b in epoch for i, v in zip(b['index'].tolist(), b['view1_u8']) if i in crop_of]
+  assert common and all(np.array_equal(v, crop_of[i]) for i, v in common)
+  # Two processes: each keeps the listed examples of its slice, and both take the same number of steps.
+  halves = [pipe(views=1, subset=positions, process_index=p, process_count=2) for p in range(2)]
+  fewest = min(np.sum((positions >= h.start) & (positions < h.end)) for h in halves)
+  assert halves[0].steps_per_epoch == halves[1].steps_per_epoch == fewest // 2
+  for h in halves:
+    seen = np.concatenate([b['index'] for b in take(h, h.steps_per_epoch)])
+    assert set(seen.tolist()) <= set(positions.tolist()) and np.all((seen >= h.start) & (seen < h.end))
+  with pytest.raises(ValueError, match='cifar10 has no file_name feature'):
+    tfds_source.scan_file_names('cifar10', str(tmp_path))
+
+
+@pytest.mark.slow  # trains three classifiers (about 20 s of CPU, most of it compiling)
+@pytest.mark.usefixtures('xla_unoptimized')
+def test_linear_and_semi_train_on_the_stream(streamed_run, fake_imagenet, tmp_path, monkeypatch):
+  workdir = streamed_run
+  seen = []  # the indices of every example the classifier trained on, batch by batch
+  make_batches = protocols.classifier_batches
+
+  def spy(run, batch, indices):
+    batches, steps_per_epoch = make_batches(run, batch, indices)
+
+    def recorded():
+      try:
+        for b in batches:
+          seen.append(np.asarray(b['index']))
+          yield b
+      finally:
+        batches.close()
+    return recorded(), steps_per_epoch
+  monkeypatch.setattr(protocols, 'classifier_batches', spy)
+  small = dict(epochs=1, batch_size=4, from_scratch=True)
+  # linear: the whole train split streamed (30 images: 7 batches of 4), tested on the validation split.
+  status, out, err = run_command(workdir, 'linear', **small)
+  assert status == 0 and not err, err
+  assert out.startswith('byol_jax linear from scratch on imagenet2012 (random initialisation): top-1') and \
+      '1 epochs of 30 labels, 7 steps of batch 4' in out, out
+  record = records(workdir)[-1]
+  assert (record['protocol'], record['train_examples'], record['steps']) == ('linear', 30, 7)
+  assert len(set(np.concatenate(seen).tolist())) == 28 and 0.0 <= record['top1'] <= 1.0
+  # semi on a list of file names: exactly the 12 listed examples that exist, each once in the epoch.
+  from byol_jax.data import tfds_source
+  names, labels = tfds_source.scan_file_names('imagenet2012', fake_imagenet)
+  path = write_list(tmp_path / 'list.txt', LISTED + [ABSENT])
+  seen.clear()
+  status, out, err = run_command(workdir, 'semi', subset_file=path, **small)
+  assert status == 0 and not err, err
+  assert '1 epochs of 12 labels (12 of the 13 listed file names found), 3 steps of batch 4' in out, out
+  record = records(workdir)[-1]
+  assert (record['listed_names'], record['found_names'], record['train_examples']) == (13, 12, 12)
+  assert record['labels_per_class'][:3] == [4, 4, 4] and sum(record['labels_per_class']) == 12
+  trained_on = np.concatenate(seen)
+  assert len(trained_on) == 12 and sorted(names[trained_on]) == sorted(LISTED)
+  # semi with a label fraction: a class-balanced subset from one pass over the labels, written as file names ...
+  record, _ = protocols.evaluate_run(workdir, 'semi', label_fraction=0.34, **small)
+  assert record['subset'] == os.path.join(rundir.SUBSETS, 'imagenet2012_34pct_seed0.txt')
+  written = protocols.read_file_names(os.path.join(workdir, record['subset']))
+  np.testing.assert_array_equal(written, np.sort(names[protocols.balanced_subset(labels, 0.34, seed=0)]))
+  assert record['labels_per_class'][:3] == [3, 3, 3] and len(written) == 9
+  # ... that trains the same network again from the file.
+  again, _ = protocols.evaluate_run(workdir, 'semi', subset_file=os.path.join(workdir, record['subset']), **small)
+  assert again['top1'] == record['top1'] and again['final_loss'] == record['final_loss']
+  assert (again['listed_names'], again['found_names']) == (9, 9)
+
+
+@pytest.mark.parametrize('case, match', [
+    ('no names', "lists no file name; give one file name of the train split per line"),
+    ('not text', 'cannot be read'),
+    ('indices', 'lists indices .* a streamed dataset\'s subset lists file names'),
+    ('no name found', "none of its 1 file names \\(e.g. 'n09999999_1.JPEG'\\) is in imagenet2012/train"),
+    ('no file_name feature', 'on the streamed dataset imagenet2012: its examples have no file_name feature'),
+])
+def test_bad_subset_lists_on_the_stream_are_one_line_and_write_nothing(streamed_run, tmp_path, monkeypatch, case,
+                                                                       match):
+  from byol_jax.data import tfds_source
+  workdir = streamed_run
+  path = str(tmp_path / 'list.txt')
+  if case == 'not text':
+    with open(path, 'wb') as f:
+      f.write(b'\xff\xfe\x00n01440764_0.JPEG\n')
+  else:
+    write_list(path, {'no names': [], 'indices': ['3', '17'], 'no name found': [ABSENT]}.get(case, LISTED))
+  if case == 'no file_name feature':  # no streamed dataset byol_jax reads lacks it: imagenet2012 as cifar10's
+    monkeypatch.setattr(tfds_source, 'feature_names', lambda name, data_dir=None: ('id', 'image', 'label'))
+  before = sorted(os.listdir(workdir))
+  evaluation = os.path.join(workdir, rundir.EVALUATION)
+  size = os.path.getsize(evaluation) if os.path.exists(evaluation) else None
+  status, out, err = run_command(workdir, 'semi', subset_file=path, from_scratch=True)
+  assert status == 2 and not out and len(err.splitlines()) == 1, err
+  assert err.startswith('error: --') and re.search(match, err), err
+  assert sorted(os.listdir(workdir)) == before
+  assert (os.path.getsize(evaluation) if os.path.exists(evaluation) else None) == size

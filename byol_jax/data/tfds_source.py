@@ -32,6 +32,12 @@ Determinism and resume. A training batch depends only on (seed, step):
   Every process has the same steps_per_epoch = (num_examples // process_count) // local_batch, so the
   hosts stay in step; the few examples beyond it in each slice are dropped for that epoch.
 
+Subsets and single views (the evaluation protocols, byol_jax/protocols.py). `scan_file_names` reads the
+`file_name` and `label` of every example of a split in one pass (no image decoded), in split order, so a list of
+file names (ImageNet's published 1% / 10% lists) becomes positions in the split before anything trains.
+`ImageNetPipeline(subset=positions)` keeps only those examples (a filter on the global index, before the
+shuffle); `views=1` makes one crop per image instead of two. Neither changes the default pipeline.
+
 Missing data raises FileNotFoundError with one line saying what to download and where to put it.
 """
 from __future__ import annotations
@@ -59,6 +65,7 @@ _INFO = {
                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 }
 IN_MEMORY = ('cifar10', 'cifar100', 'stl10')
+STREAMED = tuple(name for name in _INFO if name not in IN_MEMORY)  # read with tf.data: ImageNet
 
 # (SSL train splits, probe train split, test split). STL-10's 'unlabelled' gets label -1.
 _SPLITS = {
@@ -235,6 +242,46 @@ def load_fashion_mnist(data_dir: str | None = None) -> tuple[dict, str]:
   return data, str(builder.data_dir)
 
 
+def feature_names(name: str, data_dir: str | None = None) -> tuple[str, ...]:
+  """The features of a tfds dataset's examples (e.g. imagenet2012: file_name, image, label), from the metadata
+  tfds ships: no download or preparation needed."""
+  return tuple(_builder(name, data_dir).info.features.keys())
+
+
+def num_examples(name: str, data_dir: str | None = None, split: str = 'train') -> int:
+  """The number of examples of a prepared split (FileNotFoundError, one line, when it is not prepared)."""
+  return _prepared_split(name, data_dir, split)[2]
+
+
+def scan_file_names(name: str, data_dir: str | None = None, split: str = 'train') -> tuple[np.ndarray, np.ndarray]:
+  """(file names: str [N], labels: int32 [N]) of every example of a split, position i = the example's global
+  index (as ImageNetPipeline's 'index'). One pass over the split's records that parses only these two features
+  (tfds.decode.PartialDecoding: no image is decoded). ValueError (one line) for a dataset without `file_name`."""
+  tf, tfds = _tf(), _tfds()
+  features = feature_names(name, data_dir)
+  if 'file_name' not in features:  # known from the metadata, before any data is looked for
+    raise ValueError(f'tfds dataset {name} has no file_name feature (its features: {", ".join(features)}), so '
+                     'its examples cannot be listed by file name')
+  builder, shard_offsets, n = _prepared_split(name, data_dir, split)
+  read_config = tfds.ReadConfig(add_tfds_id=True, try_autocache=False)
+  ds = _as_dataset(builder, name, data_dir, split=split, shuffle_files=False, read_config=read_config,
+                   decoders=tfds.decode.PartialDecoding({'file_name': True, 'label': True}))
+  offsets = tf.constant(shard_offsets, tf.int64)
+  ds = ds.map(lambda ex: (_global_index(ex['tfds_id'], offsets), ex['file_name'], ex['label']),
+              num_parallel_calls=tf.data.AUTOTUNE).batch(65_536).prefetch(2)
+  names = np.empty(n, dtype=object)
+  labels = np.full(n, -1, np.int32)
+  seen = np.zeros(n, bool)
+  for index, name_bytes, label in tfds.as_numpy(ds):
+    names[index] = [b.decode('utf-8') for b in name_bytes]
+    labels[index] = label
+    seen[index] = True
+  if not seen.all():  # a tfds id that does not map onto the split's positions: the shard layout changed
+    raise ValueError(f'tfds dataset {name}/{split}: {int((~seen).sum())} of {n} positions were not read; '
+                     'was the dataset rebuilt while it was read?')
+  return names.astype(str), labels
+
+
 def dataset_info(name: str) -> dict:
   """num_classes, image_shape, mean, std of a tfds dataset (no TensorFlow needed)."""
   if name not in _INFO:
@@ -367,13 +414,17 @@ class ImageNetPipeline:
     index: int32 [B_local], the example's position in the whole split (the same on every host and in
       every run: the on-device augmentation key, `augment.example_key(seed, step, index, view)`).
   B_local = global_batch_size // process_count. `batch(step)` is the batch of one step (for tests).
+
+  For the evaluation protocols: `views=1` yields view1_u8 only (one crop per image); `subset` (global indices
+  into the split) keeps only those examples, and an epoch is then a pass over the subset: every process takes
+  the same steps_per_epoch = (the fewest subset examples in any process's slice) // B_local.
   """
 
   def __init__(self, split: str = 'train', global_batch_size: int = 4096, image_size: int = 224,
                seed: int = 0, process_index: int = 0, process_count: int = 1, data_dir: str | None = None,
                *, name: str = 'imagenet2012', shuffle_buffer: int = 10_000, prefetch: int = 4,
                cycle_length: int = 16, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
-               num_threads: int | None = None):
+               num_threads: int | None = None, views: int = 2, subset=None):
     if global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} not divisible by {process_count} processes')
     if not 0 <= process_index < process_count:
@@ -387,15 +438,33 @@ class ImageNetPipeline:
     self.process_index, self.process_count = int(process_index), int(process_count)
     self.start, self.end = process_range(self.num_examples, process_index, process_count)
     self.process_split = f'{split}[{self.start}:{self.end}]'
-    self.steps_per_epoch = (self.num_examples // process_count) // self.local_batch_size
+    if views not in (1, 2):
+      raise ValueError(f'views must be 1 or 2, got {views}')
+    self.views = int(views)
+    self.subset = None if subset is None else np.unique(np.asarray(subset, np.int64))
+    if self.subset is None:
+      self.epoch_examples = self.num_examples
+      self.steps_per_epoch = (self.num_examples // process_count) // self.local_batch_size
+    else:
+      if self.subset.size and not 0 <= self.subset[0] <= self.subset[-1] < self.num_examples:
+        raise ValueError(f'subset: indices outside {name}/{split} (0 to {self.num_examples - 1})')
+      self.epoch_examples = int(self.subset.size)
+      fewest = min(self._subset_range(p).size for p in range(process_count))
+      self.steps_per_epoch = fewest // self.local_batch_size
     if self.steps_per_epoch < 1:
-      raise ValueError(f'{name}/{split} has {self.num_examples} examples: too few for a global batch of '
+      raise ValueError(f'{name}/{split} has {self.epoch_examples} examples'
+                       f'{"" if self.subset is None else " in the subset"}: too few for a global batch of '
                        f'{global_batch_size} over {process_count} processes')
     self.shuffle_buffer = int(shuffle_buffer)
     self.prefetch = int(prefetch)
     self.cycle_length = int(cycle_length)
     self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
     self.num_threads = num_threads
+
+  def _subset_range(self, process_index: int) -> np.ndarray:
+    """The subset's indices in a process's slice of the split."""
+    start, end = process_range(self.num_examples, process_index, self.process_count)
+    return self.subset[np.searchsorted(self.subset, start):np.searchsorted(self.subset, end)]
 
   def _epoch_dataset(self, epoch: int, skip_batches: int = 0):
     tf, tfds = _tf(), _tfds()
@@ -405,23 +474,29 @@ class ImageNetPipeline:
     ds = _as_dataset(self.builder, self.name, self.data_dir, split=self.process_split, shuffle_files=True,
                      read_config=read_config, decoders={'image': tfds.decode.SkipDecoding()})
     ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'], 'tfds_id': ex['tfds_id']})
+    if self.subset is not None:  # before the shuffle: its buffer holds subset examples only
+      member = np.zeros(self.end - self.start, bool)
+      member[self._subset_range(self.process_index) - self.start] = True
+      member = tf.constant(member)
+      shard_offsets, start = tf.constant(self.shard_offsets, tf.int64), tf.constant(self.start, tf.int64)
+      ds = ds.filter(lambda ex: tf.gather(member, _global_index(ex['tfds_id'], shard_offsets) - start))
     if self.shuffle_buffer > 1:
       ds = ds.shuffle(self.shuffle_buffer, seed=s, reshuffle_each_iteration=False)
     remaining = self.steps_per_epoch - skip_batches
     ds = ds.skip(skip_batches * self.local_batch_size).take(remaining * self.local_batch_size)
     offsets = tf.constant(self.shard_offsets, tf.int64)
-    size, scale, ratio = self.image_size, self.crop_scale, self.crop_ratio
+    size, scale, ratio, views = self.image_size, self.crop_scale, self.crop_ratio, self.views
 
     def crops(ex):
       index = _global_index(ex['tfds_id'], offsets)
       # Decode once, crop twice: measured 1.3x faster than two decode_and_crop_jpeg calls (each of
       # which still entropy-decodes the JPEG down to its crop's last row).
       image = tf.io.decode_image(ex['image'], channels=3, expand_animations=False)
-      views = [crop_resize(image, random_resized_crop_window(
+      cropped = [crop_resize(image, random_resized_crop_window(
           tf.shape(image)[:2], tf.stack([tf.constant(s, tf.int64), 2 * index + v]), scale, ratio), size)
-               for v in range(2)]
-      return {'view1_u8': views[0], 'view2_u8': views[1], 'label': tf.cast(ex['label'], tf.int32),
-              'index': tf.cast(index, tf.int32)}
+               for v in range(views)]
+      return {**{f'view{v + 1}_u8': crop for v, crop in enumerate(cropped)},
+              'label': tf.cast(ex['label'], tf.int32), 'index': tf.cast(index, tf.int32)}
 
     ds = ds.map(crops, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(self.local_batch_size, drop_remainder=True).prefetch(self.prefetch)
