@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 
 import jax
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 
 from byol_jax import config as config_lib, features, protocols, rundir, train
 from configs import tiny
+import fake_imagenet  # tests/fake_imagenet.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(epochs=15, batch_size=32)  # 8 steps an epoch of the 256 synthetic images
@@ -171,57 +171,28 @@ def test_the_command_line_exits_2_with_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # A streamed dataset: imagenet2012 read by tf.data (byol_jax/data/tfds_source.py)
 # ----------------------------------------------------------------------------------------------------
-SYNSETS = ('n01440764', 'n01443537', 'n01484850')  # ImageNet's classes 0, 1, 2
-PER_CLASS = 10
+SYNSETS, PER_CLASS = fake_imagenet.CLASSES, fake_imagenet.PER_CLASS
 LISTED = [f'{synset}_{i}.JPEG' for synset in SYNSETS for i in range(4)]  # 4 of each class's 10 train images
 ABSENT = 'n09999999_1.JPEG'  # a listed name that no example has
 
 
-def _jpeg(rng, height, width) -> bytes:
-  import tensorflow as tf
-  return tf.io.encode_jpeg(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), quality=90).numpy()
-
-
-def _tar_add(tar, name, data):
-  member = tarfile.TarInfo(name)
-  member.size = len(data)
-  tar.addfile(member, io.BytesIO(data))
+@pytest.fixture(scope='module')
+def fake_imagenet_dir(tmp_path_factory):
+  """A tfds data_dir with imagenet2012 prepared from fake ILSVRC2012 tars (tests/fake_imagenet.py): 30 train images
+  (10 of each of 3 classes, named n01440764_0.JPEG ...) in 3 shards, 10 validation images."""
+  pytest.importorskip('tensorflow_datasets')
+  return fake_imagenet.prepare(tmp_path_factory.mktemp('tfds'))
 
 
 @pytest.fixture(scope='module')
-def fake_imagenet(tmp_path_factory):
-  """A tfds data_dir with imagenet2012 prepared by tfds's builder from fake ILSVRC2012 tars: 30 train images (10 of
-  each of 3 classes, named n01440764_0.JPEG ...) in 3 shards, 10 validation images."""
-  tfds = pytest.importorskip('tensorflow_datasets')
-  data_dir = tmp_path_factory.mktemp('tfds')
-  manual = data_dir / 'downloads' / 'manual'
-  manual.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as train:
-    for synset in SYNSETS:
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as t:
-        for i in range(PER_CLASS):
-          _tar_add(t, f'{synset}_{i}.JPEG', _jpeg(rng, int(rng.integers(40, 90)), int(rng.integers(40, 90))))
-      _tar_add(train, f'{synset}.tar', inner.getvalue())
-  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as val:
-    for i in range(10):
-      _tar_add(val, f'ILSVRC2012_val_{i + 1:08d}.JPEG', _jpeg(rng, 50, 70))
-  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual), num_shards=3,
-                                                                            try_download_gcs=False))
-  return str(data_dir)
-
-
-@pytest.fixture(scope='module')
-def streamed_run(fake_imagenet, tmp_path_factory):
+def streamed_run(fake_imagenet_dir, tmp_path_factory):
   """A run directory of configs/imagenet.py (its config only: the protocols run --from_scratch) with a tiny network
   on 2 of the tests' 8 devices, reading fake_imagenet."""
   spec = importlib.util.spec_from_file_location('imagenet_config', os.path.join(ROOT, 'configs', 'imagenet.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config('mlp')
-  c.data.tfds_data_dir, c.data.image_size = fake_imagenet, 16
+  c.data.tfds_data_dir, c.data.image_size = fake_imagenet_dir, 16
   c.model.backbone, c.model.width = 'resnet_tiny', 4
   c.model.projector_hidden, c.model.projector_dim, c.predictor.hidden = 16, 8, 16
   c.train.batch_size, c.train.num_devices, c.train.compute_dtype = 8, 2, 'float32'
@@ -242,9 +213,9 @@ def take(pipeline, steps):
   return [next(batches) for _ in range(steps)]
 
 
-def test_a_list_of_file_names_keeps_exactly_those_examples_of_the_stream(fake_imagenet, tmp_path):
+def test_a_list_of_file_names_keeps_exactly_those_examples_of_the_stream(fake_imagenet_dir, tmp_path):
   from byol_jax.data import tfds_source
-  names, labels = tfds_source.scan_file_names('imagenet2012', fake_imagenet)
+  names, labels = tfds_source.scan_file_names('imagenet2012', fake_imagenet_dir)
   assert sorted(names) == sorted(f'{s}_{i}.JPEG' for s in SYNSETS for i in range(PER_CLASS))
   assert [SYNSETS[label] for label in labels] == [name.split('_')[0] for name in names]
   path = write_list(tmp_path / 'list.txt', LISTED + [ABSENT, LISTED[0]])  # a name twice counts once
@@ -252,8 +223,8 @@ def test_a_list_of_file_names_keeps_exactly_those_examples_of_the_stream(fake_im
   assert len(listed) == 13
   positions = protocols.match_file_names(listed, names, path, 'imagenet2012/train')
   assert sorted(names[positions]) == sorted(LISTED)
-  pipe = lambda **kw: tfds_source.ImageNetPipeline('train', 4, 16, seed=1, data_dir=fake_imagenet, shuffle_buffer=16,
-                                                   prefetch=0, **kw)
+  pipe = lambda **kw: tfds_source.ImageNetPipeline('train', 4, 16, seed=1, data_dir=fake_imagenet_dir,
+                                                   shuffle_buffer=16, prefetch=0, **kw)
   # One process: an epoch of the filtered stream is the 12 listed examples, each once, one crop each: the
   # pretraining pipeline's first crop of the example.
   subset = pipe(views=1, subset=positions)
@@ -280,7 +251,7 @@ def test_a_list_of_file_names_keeps_exactly_those_examples_of_the_stream(fake_im
 
 @pytest.mark.slow  # trains three classifiers (about 20 s of CPU, most of it compiling)
 @pytest.mark.usefixtures('xla_unoptimized')
-def test_linear_and_semi_train_on_the_stream(streamed_run, fake_imagenet, tmp_path, monkeypatch):
+def test_linear_and_semi_train_on_the_stream(streamed_run, fake_imagenet_dir, tmp_path, monkeypatch):
   workdir = streamed_run
   seen = []  # the indices of every example the classifier trained on, batch by batch
   make_batches = protocols.classifier_batches
@@ -308,7 +279,7 @@ def test_linear_and_semi_train_on_the_stream(streamed_run, fake_imagenet, tmp_pa
   assert len(set(np.concatenate(seen).tolist())) == 28 and 0.0 <= record['top1'] <= 1.0
   # semi on a list of file names: exactly the 12 listed examples that exist, each once in the epoch.
   from byol_jax.data import tfds_source
-  names, labels = tfds_source.scan_file_names('imagenet2012', fake_imagenet)
+  names, labels = tfds_source.scan_file_names('imagenet2012', fake_imagenet_dir)
   path = write_list(tmp_path / 'list.txt', LISTED + [ABSENT])
   seen.clear()
   status, out, err = run_command(workdir, 'semi', subset_file=path, **small)

@@ -6,11 +6,9 @@ builder from `<data_dir>/downloads/manual/`, in 3 shards), so the pipeline's fil
 slicing, tfds ids and resume are exercised on real TFRecords.
 Skipped when tensorflow-datasets is not installed (CI installs it).
 """
-import io
 import os
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -18,46 +16,13 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from byol_jax.data import augment, sources, tfds_source  # noqa: E402
+import fake_imagenet  # noqa: E402  (tests/fake_imagenet.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = ('n01440764', 'n01443537', 'n01484850')  # ImageNet class ids 0, 1, 2
-PER_CLASS = 10
-NUM_VAL = 10
-
-
-def _jpeg(rng, height, width) -> bytes:
-  import tensorflow as tf
-  image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-  return tf.io.encode_jpeg(image, quality=90).numpy()
-
-
-def _add(tar, name, data):
-  member = tarfile.TarInfo(name)
-  member.size = len(data)
-  tar.addfile(member, io.BytesIO(data))
-
-
 @pytest.fixture(scope='module')
 def imagenet_dir(tmp_path_factory):
   """A prepared tfds imagenet2012 with 30 train images (3 classes) and 10 validation images."""
-  data_dir = tmp_path_factory.mktemp('tfds')
-  manual = data_dir / 'downloads' / 'manual'
-  manual.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as train:
-    for synset in CLASSES:
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as t:
-        for i in range(PER_CLASS):
-          _add(t, f'{synset}_{i}.JPEG', _jpeg(rng, int(rng.integers(40, 90)), int(rng.integers(40, 90))))
-      _add(train, f'{synset}.tar', inner.getvalue())
-  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as val:
-    for i in range(NUM_VAL):
-      _add(val, f'ILSVRC2012_val_{i + 1:08d}.JPEG', _jpeg(rng, 50, 70))
-  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual), num_shards=3, try_download_gcs=False))
-  return str(data_dir)
+  return fake_imagenet.prepare(tmp_path_factory.mktemp('tfds'))
 
 
 def _pipeline(data_dir, **kw):
@@ -196,7 +161,7 @@ def test_imagenet_eval_pipeline(imagenet_dir):
     idx = np.concatenate([b['index'] for b in batches])
     indices.append(idx[idx >= 0])
     assert np.all(np.diff(indices[-1]) > 0)  # in order
-  assert sorted(np.concatenate(indices).tolist()) == list(range(NUM_VAL))
+  assert sorted(np.concatenate(indices).tolist()) == list(range(fake_imagenet.NUM_VAL))
   sub = tfds_source.ImageNetEvalPipeline('train', batch_size=4, image_size=16, data_dir=imagenet_dir, max_examples=6)
   idx = np.concatenate([b['index'] for b in sub.batches()])
   assert idx.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
