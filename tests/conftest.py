@@ -25,6 +25,18 @@ def xla_unoptimized(monkeypatch):
   2026-12-06); the programs run slower. For tests that compare numbers with numbers computed the same way, never
   for speed, compiled HLO or numbers recorded elsewhere, and opt-in: XLA:CPU unoptimized computes the colour jitter
   differently from tests/test_data.py's reference (docs/records/ci/suite_2026-12-06.md)."""
+  yield from _unoptimized(monkeypatch)
+
+
+@pytest.fixture(scope='module')
+def xla_unoptimized_module():
+  """xla_unoptimized for a whole module, its module-scoped fixtures too (a training run the module's tests share:
+  name it as an argument of that fixture, so that it comes first)."""
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    yield from _unoptimized(monkeypatch)
+
+
+def _unoptimized(monkeypatch):
   import jax
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   before = jax.config.values['jax_disable_most_optimizations']
@@ -41,8 +53,8 @@ def xla_unoptimized(monkeypatch):
 # spread, but pytest-xdist 3.8 cannot group tests under pytest 9.2: every test runs alone, as with `--dist load`,
 # and module fixtures are built in both processes.)
 LONGEST_FIRST = ('test_study.py', 'test_train.py', 'test_slurm.py', 'test_multihost.py', 'test_faults.py',
-                 'test_step.py', 'test_notebooks.py', 'test_tfds.py', 'test_image_folder.py', 'test_models.py',
-                 'test_bench.py')
+                 'test_weights.py', 'test_step.py', 'test_notebooks.py', 'test_tfds.py', 'test_image_folder.py',
+                 'test_models.py', 'test_bench.py')
 
 
 def pytest_collection_modifyitems(config, items):

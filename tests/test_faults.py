@@ -1,6 +1,10 @@
 """Damage a run or its data and check the user gets one line and loses nothing: verified checkpoints (flipped,
 truncated or missing files, foreign step folders, a full disk), damaged Fashion-MNIST files, Fashion-MNIST through
-tfds where Debian's files are absent, a batch larger than the dataset, the automatic CPU device split."""
+tfds where Debian's files are absent, a batch larger than the dataset, the automatic CPU device split.
+
+The two tests that train (a run resumed from a damaged checkpoint, a full disk) are `slow`, on 2 of the 8 test
+devices, with XLA's optimizations off (they compare runs with a run made the same way); the quick tier damages toy
+checkpoints and data files, which compiles nothing."""
 import gzip
 import json
 import os
@@ -20,10 +24,11 @@ from byol_jax.logging_utils import read_metrics
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES = 2  # of the 8 (tests/conftest.py), for every run of this file: fewer partitions to compile
 
 
 def tiny_config(**overrides):
-  return config_lib.override(tiny.get_config(), overrides)
+  return config_lib.override(tiny.get_config(), {'train.num_devices': DEVICES, **overrides})
 
 
 def losses_by_step(workdir):
@@ -31,7 +36,7 @@ def losses_by_step(workdir):
 
 
 @pytest.fixture(scope='module')
-def reference_run(tmp_path_factory):
+def reference_run(tmp_path_factory, xla_unoptimized_module):
   """An uninterrupted run of configs/tiny.py (6 steps, checkpoints at 3 and 6)."""
   workdir = str(tmp_path_factory.mktemp('reference'))
   summary = train.run(tiny_config(), workdir)
@@ -56,6 +61,7 @@ def flip_bytes(path, count=64):
 # ----------------------------------------------------------------------------------------------------
 # Verified checkpoints
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # resumes reference_run (a training run) from a damaged checkpoint
 def test_flipped_bytes_in_the_latest_checkpoint_are_caught_and_the_run_resumes_exactly(reference_run, tmp_path,
                                                                                        capsys):
   ref_dir, ref_summary = reference_run
@@ -169,7 +175,7 @@ import json, os, sys
 from absl import app
 from byol_jax import checkpoint, cli, main, train
 from configs import tiny
-workdir, filler = sys.argv[1], sys.argv[2]
+workdir, filler, devices = sys.argv[1], sys.argv[2], sys.argv[3]
 real_save = checkpoint.Checkpointer.save
 
 def fill_the_disk():
@@ -187,7 +193,8 @@ def save_on_a_full_disk(self, state):
   return real_save(self, state)
 
 checkpoint.Checkpointer.save = save_on_a_full_disk
-sys.argv = ['byol_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}']
+sys.argv = ['byol_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+            f'--config.train.num_devices={devices}']
 try:  # the command line, as a user types it
   app.run(main.main, flags_parser=cli.parse_flags)
   code = 0
@@ -196,11 +203,15 @@ except SystemExit as e:
 left = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
 os.remove(filler)
 checkpoint.Checkpointer.save = real_save
-summary = train.run(tiny.get_config(), workdir)
+config = tiny.get_config()
+config.train.num_devices = int(devices)
+summary = train.run(config, workdir)
 print('RESULT ' + json.dumps({'code': code, 'left': left, 'final_loss': summary['final_loss']}))
 '''
 
 
+@pytest.mark.slow  # a training run in a process, then its restart
+@pytest.mark.usefixtures('xla_unoptimized_module')  # as reference_run: its process too
 def test_a_full_disk_during_a_save_gives_one_line_and_a_later_restart_is_exact(reference_run, tmp_path):
   """A real ENOSPC: the run directory on a 64 MiB tmpfs (mounted in a private mount namespace, so no root is
   needed where unprivileged user namespaces are allowed), filled just before the save of step 6."""
@@ -212,8 +223,8 @@ def test_a_full_disk_during_a_save_gives_one_line_and_a_later_restart_is_exact(r
     pytest.skip(f'cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}')
   workdir, filler = mount / 'run', mount / 'filler'
   proc = subprocess.run(['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c',
-                         'mount -t tmpfs -o size=64m tmpfs "$0" && exec "$1" -c "$2" "$3" "$4"',
-                         str(mount), sys.executable, _FULL_DISK_RUN, str(workdir), str(filler)],
+                         'mount -t tmpfs -o size=64m tmpfs "$0" && exec "$1" -c "$2" "$3" "$4" "$5"',
+                         str(mount), sys.executable, _FULL_DISK_RUN, str(workdir), str(filler), str(DEVICES)],
                         cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 0, proc.stdout + proc.stderr

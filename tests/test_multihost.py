@@ -6,8 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from byol_jax.logging_utils import read_metrics
+
+# Three training processes (~90 s of CPU), compiled with XLA's optimizations off (xla_unoptimized: the processes
+# inherit it): the test compares the two ways of training, each compiled the same way.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('xla_unoptimized')]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=configs/tiny.py', '--config.train.steps=4', '--config.train.checkpoint_every=2',

@@ -15,10 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _random_run(workdir: str) -> None:
-  """configs/tiny.py's run directory with random weights and BatchNorm statistics at step 5 (none trained)."""
+  """configs/tiny.py's run directory with random weights and BatchNorm statistics at step 5 (none trained), on 2 of
+  the 8 test devices (an execution setting: fewer partitions to compile)."""
   import jax
   config = config_lib.finalize(config_lib.load_config_module(os.path.join(ROOT, 'configs', 'x'), 'tiny.py')
                                .get_config())
+  config.train.num_devices = 2
   _, shapes = weights.abstract_state(config)
   rng = np.random.default_rng(0)
   noise = lambda tree, low: jax.tree.map(lambda s: rng.uniform(low, 1.0, s.shape).astype(s.dtype), tree)
@@ -29,6 +31,7 @@ def _random_run(workdir: str) -> None:
   weights.write_run(workdir, config, state, {'format': 'torchvision', 'src': 'r.safetensors', 'sha256': 'ab' * 32})
 
 
+@pytest.mark.usefixtures('xla_unoptimized')  # the page and its pictures are under test, not the programs' speed
 def test_report_writes_one_page_with_its_pictures(tmp_path):
   pytest.importorskip('sklearn', reason='scikit-learn (requirements.txt) is not installed')
   workdir = str(tmp_path / 'run')

@@ -2,7 +2,8 @@
 on localhost that scripts/cluster/slurm_local.sh starts (.ci/run starts it once, before the suite).
 
 Without a reachable SLURM (a laptop) the cluster tests are skipped with the reason; where CI=1 or
-BYOL_JAX_REQUIRE_SLURM=1 (.ci/run sets it) they fail instead. Studies: configs/study/tiny.py, one seed."""
+BYOL_JAX_REQUIRE_SLURM=1 (.ci/run sets it) they fail instead. Studies: configs/study/tiny.py, one seed. The tests
+whose jobs train, and the one that waits out SLURM's connection retries, are `slow`."""
 import json
 import os
 import shutil
@@ -92,6 +93,7 @@ def test_unknown_partition_is_one_line(cluster, tmp_path):
   assert not (tmp_path / 's').exists()
 
 
+@pytest.mark.slow  # waits out the client's retries (~10 s, idle)
 def test_controller_down_is_one_line(cluster, tmp_path, monkeypatch):
   """sinfo present, slurmctld not answering (here: a slurm.conf naming a port nobody listens on)."""
   conf = open(os.environ.get('SLURM_CONF', '/etc/slurm/slurm.conf')).read()
@@ -103,6 +105,7 @@ def test_controller_down_is_one_line(cluster, tmp_path, monkeypatch):
                           'slurm controller (connect failure)')
 
 
+@pytest.mark.slow  # two studies trained (SLURM's and the local one)
 def test_slurm_study_equals_the_local_study(cluster, tmp_path):
   """--no_wait submits one job array and returns; a second call does not submit the runs again; a waiting call
   collects. The results equal those of the same study run here, one run after another (the in-process launcher)."""
@@ -133,6 +136,7 @@ def test_slurm_study_equals_the_local_study(cluster, tmp_path):
   assert os.path.isdir(workdir / 'none' / 'seed0' / 'checkpoints')  # ordinary run folders
 
 
+@pytest.mark.slow  # a 300-step run, cancelled and resumed
 def test_cancelled_job_is_resubmitted_and_the_run_resumes(cluster, tmp_path):
   """scancel in the middle of training: the run saves a checkpoint (SIGTERM), the job ends CANCELLED, the launcher
   submits the run again and the new job resumes it from the checkpoint."""
@@ -160,6 +164,7 @@ def test_cancelled_job_is_resubmitted_and_the_run_resumes(cluster, tmp_path):
   assert json.load(open(workdir / 'results.json'))['rows']['none']['seeds_done'] == [0]
 
 
+@pytest.mark.slow  # a SLURM job that starts byol_jax.main
 def test_job_that_fails_for_good_names_its_log(cluster, tmp_path):
   """A run that cannot start (its data is missing) fails its job; with no retries left the command says so in one
   line with the log's path, exit 2."""

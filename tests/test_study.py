@@ -4,7 +4,9 @@ every committed record in docs/records/study/ aggregating to its committed resul
 the collapse-rule runs. Also the collapse indicators and rule (byol_jax/collapse.py) and the switch language of the
 study rows (byol_jax/switches.py).
 
-Real runs use configs/study/tiny.py (synthetic data, width 4, 16 px, 4 steps, one device)."""
+Real runs use configs/study/tiny.py (synthetic data, width 4, 16 px, 4 steps, one device); they are the `slow` tier
+(the quick tier, `-m "not slow"`, tests the bookkeeping on fake run directories; tests/test_train.py trains), with
+XLA's optimizations off (xla_unoptimized_module: runs compared with runs made the same way)."""
 import glob
 import json
 import os
@@ -491,13 +493,14 @@ def test_every_committed_record_aggregates_to_its_committed_results(record, tmp_
 
 # ------------------------------------------------------------------------------------- real training
 @pytest.fixture(scope='module')
-def reference_study(tmp_path_factory):
+def reference_study(tmp_path_factory, xla_unoptimized_module):
   """A real tiny study (2 rows x 2 seeds x 4 steps), trained in this process."""
   workdir = str(tmp_path_factory.mktemp('study_ref'))
   outcome = runner.run_study(tiny_study(), workdir, out=open(os.devnull, 'w'))
   return workdir, outcome
 
 
+@pytest.mark.slow  # the real tiny study: 4 runs trained
 def test_results_json_equals_the_runs_own_metrics(reference_study):
   workdir, outcome = reference_study
   assert outcome['ran'] == 4 and not outcome['preempted'] and not outcome['failed']
@@ -523,6 +526,8 @@ def test_results_json_equals_the_runs_own_metrics(reference_study):
   assert 'byol_jax byol/mlp on synthetic: 4 steps' in open(os.path.join(workdir, 'mlp', 'seed0', 'log.txt')).read()
 
 
+@pytest.mark.slow  # the real tiny study, and a run trained again in a process
+@pytest.mark.usefixtures('xla_unoptimized_module')  # the process, as the study's runs
 def test_byol_jax_main_on_a_run_directory_trains_the_same_run(reference_study, tmp_path):
   """What every process launcher runs (launch.main_command: byol_jax.main on the config.json a study wrote) gives
   the numbers the in-process launcher gave."""
@@ -538,6 +543,8 @@ def test_byol_jax_main_on_a_run_directory_trains_the_same_run(reference_study, t
   chex.assert_trees_all_close(got['final_z_std_times_sqrt_d'], ref['final_z_std_times_sqrt_d'], atol=1e-6)
 
 
+@pytest.mark.slow  # two 40-step runs
+@pytest.mark.usefixtures('xla_unoptimized_module')
 def test_collapse_rule_flags_no_predictor_and_not_the_two_layer_predictor(tmp_path):
   # Synthetic data, width 4, d = 16, lr 0.1, batch 64, 40 steps: without a predictor z_std*sqrt(d) falls from
   # ~0.24 (random network) to ~0.03 and z's effective rank to ~1.7; with the 2-layer predictor it rises to

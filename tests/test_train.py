@@ -1,5 +1,11 @@
 """End to end: a short run with evaluation, resume after SIGKILL / SIGTERM / Ctrl-C, a restart with another config
-refused, a cut metrics line survived, NaN stop, bad input, embed."""
+refused, a cut metrics line survived, NaN stop, bad input, embed.
+
+The runs use 2 of the 8 test devices (train.num_devices, an execution setting: fewer partitions to compile) and
+XLA with most optimizations off (xla_unoptimized_module, tests/conftest.py: the tests compare runs with runs made
+the same way, in this process and in the processes it starts). The quick tier (`-m "not slow"`) keeps one run
+(reference_run) and what reads it, and the tests that fail before compiling; each test that trains or starts a
+training process of its own is `slow`."""
 import glob
 import json
 import os
@@ -16,19 +22,22 @@ from byol_jax.logging_utils import read_metrics
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures('xla_unoptimized_module')
+DEVICES = 2  # of the 8 (tests/conftest.py): every run of this file, in process and on the command line
 
 
 def tiny_config(**overrides):
-  return config_lib.override(tiny.get_config(), overrides)
+  return config_lib.override(tiny.get_config(), {'train.num_devices': DEVICES, **overrides})
 
 
 def cli(workdir, *args, **kwargs):
-  cmd = [sys.executable, '-m', 'byol_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}', *args]
+  cmd = [sys.executable, '-m', 'byol_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+         f'--config.train.num_devices={DEVICES}', *args]
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
 @pytest.fixture(scope='module')
-def reference_run(tmp_path_factory):
+def reference_run(tmp_path_factory, xla_unoptimized_module):
   """An uninterrupted run of configs/tiny.py, in process (shares the compilation cache with the CLI)."""
   workdir = str(tmp_path_factory.mktemp('reference'))
   summary = train.run(tiny_config(), workdir)
@@ -65,6 +74,7 @@ def test_end_to_end_run_writes_metrics_checkpoints_and_plots(reference_run):
   assert json.load(open(os.path.join(workdir, 'config.json')))['predictor']['kind'] == 'mlp'
 
 
+@pytest.mark.slow  # a 40-step run of its own
 def test_training_reduces_the_loss(tmp_path):
   # Identical views (no augmentation) and an independently initialised target: the online network and
   # its predictor learn to regress onto the (slowly moving) random target.
@@ -83,6 +93,7 @@ def test_training_reduces_the_loss(tmp_path):
   assert summary['real_vs_theory']['asymmetry_final'] == rvt['asymmetry_final']
 
 
+@pytest.mark.slow  # a run of its own (another predictor: other programs)
 def test_directpred_run_logs_spectra(tmp_path):
   c = tiny_config(**{'predictor.kind': 'directpred', 'train.eval_at_start': False})
   train.run(c, str(tmp_path))
@@ -117,6 +128,7 @@ def _saving(workdir):
   return bool(tmp) or 3 in losses_by_step(workdir)
 
 
+@pytest.mark.slow  # three training processes
 def test_resume_after_sigkill_and_sigterm_equals_uninterrupted_run(reference_run, tmp_path):
   ref_dir, ref_summary = reference_run
   workdir = str(tmp_path / 'run')
@@ -140,6 +152,7 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted_run(reference_run
   assert not glob.glob(os.path.join(workdir, 'checkpoints', '*tmp*'))
 
 
+@pytest.mark.slow  # a training process
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path)
   code, out = _kill_when(cli(workdir, '--config.train.eval_at_start=False'), workdir,
@@ -150,6 +163,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
 
 
+@pytest.mark.slow  # two runs of its own
 def test_sigterm_during_an_evaluation_is_not_lost(tmp_path, monkeypatch, reference_run):
   """During the start-up evaluation SIGTERM stops the run before its first step (not after the whole run, as when
   the signal reached a handler training never reads); during the final one the run finishes and passes it on."""
@@ -182,6 +196,7 @@ def test_sigterm_during_an_evaluation_is_not_lost(tmp_path, monkeypatch, referen
   assert evaluated == [0, tiny_config().train.steps]
 
 
+@pytest.mark.slow  # two training processes
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_restart_is_exact(reference_run, tmp_path):
   ref_dir, ref_summary = reference_run
   workdir = str(tmp_path / 'run')
@@ -201,6 +216,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_restart_is_exact(reference_
       ref_summary['final_linear_probe_top1'], abs=1e-6)
 
 
+@pytest.mark.slow  # two training processes
 def test_a_second_process_on_the_same_run_directory_is_refused_while_the_first_finishes(tmp_path):
   workdir = str(tmp_path / 'run')
   first = cli(workdir)
@@ -208,8 +224,13 @@ def test_a_second_process_on_the_same_run_directory_is_refused_while_the_first_f
   while not losses_by_step(workdir):  # the first one is training
     assert first.poll() is None and time.time() - t0 < 300, first.communicate()
     time.sleep(0.01)
-  second = cli(workdir)
-  out, _ = second.communicate(timeout=300)
+  # The first held still (its lock too) while the second starts: its start-up can outlast the first's 6 steps.
+  first.send_signal(signal.SIGSTOP)
+  try:
+    second = cli(workdir)
+    out, _ = second.communicate(timeout=300)
+  finally:
+    first.send_signal(signal.SIGCONT)
   lines = [l for l in out.splitlines() if l.strip()]
   assert second.returncode == 2 and len(lines) == 1, out
   assert lines[0].startswith(f'error: {workdir} is in use: process {first.pid} (since 20'), out
@@ -235,10 +256,12 @@ def write_then_ctrl_c_twice(self, step, record):
 MetricsLog.write = write_then_ctrl_c_twice
 c = tiny.get_config()
 c.train.eval_at_start = False
+c.train.num_devices = %d
 train.run(c, sys.argv[1])
-"""
+""" % DEVICES
 
 
+@pytest.mark.slow  # a training process
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
   proc = subprocess.run([sys.executable, '-c', _TWO_CTRL_C, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
@@ -295,6 +318,7 @@ def test_a_cut_last_metrics_line_is_survived_and_a_bad_line_elsewhere_is_named(r
     rundir.read_metrics(path)
 
 
+@pytest.mark.slow  # a run of its own (another lr: other programs)
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
   c = tiny_config(**{'optim.lr': 1e30, 'train.steps': 6, 'train.checkpoint_every': 1,
                      'train.eval_at_start': False})
@@ -309,7 +333,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 @pytest.mark.parametrize('overrides,match', [
-    ({'train.batch_size': 12}, 'not divisible by the 8 devices'),
+    ({'train.batch_size': 12, 'train.num_devices': 0}, 'not divisible by the 8 devices'),  # 0: all 8
     ({'predictor.kind': 'quadratic'}, 'predictor.kind'),
     ({'predictor.kind': 'directpred', 'predictor.eps': -0.1}, 'eps_inside'),
     ({'method': 'byol', 'stop_gradient': False}, 'simsiam'),
@@ -339,6 +363,7 @@ def test_cli_rejects_bad_overrides_with_one_line(tmp_path, flag, match):
   assert match in out
 
 
+@pytest.mark.slow  # a process that compiles the encoder
 def test_embed_exports_features_of_the_latest_checkpoint(reference_run, tmp_path):
   workdir, _ = reference_run
   out = str(tmp_path / 'feats.npz')

@@ -4,7 +4,9 @@ weights and random BatchNorm statistics, saved as DeepMind's checkpointing saves
 trip; torch's own forward where torch is installed; and the wrong files, each one line, exit status 2, nothing
 written.
 
-Small images (32 px) and a batch of 2, run eagerly (nothing to compile): seconds on 2 CPU cores.
+Small images (32 px) and a batch of 2. The quick tier (`-m "not slow"`) refuses wrong files and compares one pair
+of CPU implementations; the tests that run a network (Haiku's ResNet-50 and ours, an embedding, a training run) or
+write a ResNet-50's checkpoint are `slow`.
 """
 import collections
 import io
@@ -89,8 +91,8 @@ def _randomise(shapes, rng, *, state=False):
 
 
 @pytest.fixture(scope='module')
-def haiku_byol():
-  """(params, state, images, outputs): a random BYOL network on Haiku's ResNet-50 and its eval-mode outputs."""
+def haiku_weights():
+  """(forward, params, state, images): a random BYOL network on Haiku's ResNet-50 (numpy arrays; nothing run)."""
   hk = pytest.importorskip('haiku', reason='dm-haiku (requirements.txt) is not installed')
   import jax
   forward = hk.transform_with_state(_byol_forward)
@@ -100,9 +102,17 @@ def haiku_byol():
   params, state = jax.eval_shape(lambda key, x: forward.init(key, x, True), jax.random.PRNGKey(0), images)
   params = _randomise({k: v for k, v in params.items() if k != 'res_net50/~/logits'}, rng)
   state = _randomise(state, rng, state=True)
-  outputs, _ = jax.jit(forward.apply, static_argnums=4)({**params, 'res_net50/~/logits': {'w': np.zeros((2048, 1), np.float32),
-                                                               'b': np.zeros((1,), np.float32)}},
-                             state, None, images, False)
+  return forward, params, state, images
+
+
+@pytest.fixture(scope='module')
+def haiku_byol(haiku_weights):
+  """(params, state, images, outputs): haiku_weights and Haiku's eval-mode outputs (compiles its ResNet-50)."""
+  import jax
+  forward, params, state, images = haiku_weights
+  logits = {'w': np.zeros((2048, 1), np.float32), 'b': np.zeros((1,), np.float32)}  # Haiku's, which BYOL drops
+  outputs, _ = jax.jit(forward.apply, static_argnums=4)({**params, 'res_net50/~/logits': logits}, state, None, images,
+                                                        False)
   return params, state, images, [np.asarray(o) for o in outputs]
 
 
@@ -159,10 +169,10 @@ def rel(a, b):
 
 
 @pytest.fixture(scope='module')
-def dm_run(tmp_path_factory, haiku_byol, byol_package):
+def dm_run(tmp_path_factory, haiku_weights, byol_package):
   """(weights.load_run of the imported run, the import's line): the Haiku network's checkpoint imported into
   configs/tiny.py's setting."""
-  params, state, _, _ = haiku_byol
+  _, params, state, _ = haiku_weights
   tmp = tmp_path_factory.mktemp('dm')
   src = tmp / 'pretrain_res50x1.pkl'
   src.write_bytes(dm_checkpoint_bytes(params, state, byol_package))
@@ -172,29 +182,39 @@ def dm_run(tmp_path_factory, haiku_byol, byol_package):
   return weights.load_run(str(tmp / 'run')), out.getvalue().strip()
 
 
-def test_dm_byol_import_computes_what_haiku_computes(dm_run, haiku_byol):
+@pytest.mark.slow  # writes, verifies and restores a ResNet-50's checkpoint (~14 s)
+def test_dm_byol_import_reads_the_step_the_network_and_the_files_target(dm_run, haiku_weights):
   run, line = dm_run
-  params, _, images, expected = haiku_byol
+  _, params, _, _ = haiku_weights
   assert 'step 1234' in line and 'resnet50 width 64, padding same' in line and "the file's target" in line
   config, _, state = run
   assert config.model.padding == 'same' and config.model.projector_dim == HEADS['projector_dim']
   assert int(state.step) == 1234
-  got = run_outputs(run, images)
-  for name, g, e in zip(('features', 'z', 'prediction', 'probe logits'), got, expected):
-    assert g.shape == e.shape, name
-    assert rel(g, e) <= 1e-4, (name, rel(g, e))
   # The target is the file's target (here the online weights + 0.5), not a copy of the online network.
   np.testing.assert_allclose(state.target_params['encoder']['stem_conv']['kernel'],
                              params['res_net50/~/initial_conv']['w'] + 0.5, rtol=1e-6)
 
 
+@pytest.mark.slow  # compiles Haiku's ResNet-50 and ours
+def test_dm_byol_import_computes_what_haiku_computes(dm_run, haiku_byol):
+  run, _ = dm_run
+  _, _, images, expected = haiku_byol
+  got = run_outputs(run, images)
+  for name, g, e in zip(('features', 'z', 'prediction', 'probe logits'), got, expected):
+    assert g.shape == e.shape, name
+    assert rel(g, e) <= 1e-4, (name, rel(g, e))
+
+
+@pytest.mark.slow  # compiles Haiku's ResNet-50 and ours
 def test_symmetric_padding_would_not_compute_haikus_network(dm_run, haiku_byol):
   """model.padding='same' is what makes the import right: the same weights padded as torchvision pads are off."""
   _, _, images, expected = haiku_byol
   assert rel(run_outputs(dm_run[0], images, padding='symmetric')[0], expected[0]) > 1e-2
 
 
-@pytest.mark.parametrize('conv_impl,max_pool_impl', [('native', 'phases'), ('matmul_small', 'taps')])
+@pytest.mark.parametrize('conv_impl,max_pool_impl', [  # quick: one pair; the CPU kernel's is in test_models.py
+    pytest.param('native', 'phases', marks=pytest.mark.slow), ('matmul_small', 'taps')])
+@pytest.mark.usefixtures('xla_unoptimized')  # one network computed two ways, compared: not a speed test
 def test_same_padding_is_one_function_whatever_the_cpu_implementations(conv_impl, max_pool_impl):
   """With padding='same' the strided layers leave the CPU kernels and the taps/phases pools (they pad
   symmetrically) for XLA's: every conv_impl and max_pool_impl computes the same network."""
@@ -231,6 +251,7 @@ def _random_run(tmp_path, config):
   return str(workdir)
 
 
+@pytest.mark.slow  # two embeddings (a program each)
 def test_torchvision_export_then_import_gives_identical_features(tmp_path, capsys):
   from byol_jax import embed
   from safetensors.numpy import load_file
@@ -264,6 +285,7 @@ def test_torchvision_export_then_import_gives_identical_features(tmp_path, capsy
                s2.batch_stats['tower']['encoder'])
 
 
+@pytest.mark.slow  # a training run
 def test_main_trains_on_from_an_imported_run(tmp_path):
   """byol_jax.main (train.run with configs/run.py's config) resumes an imported run from its checkpoint."""
   from byol_jax import rundir, train
@@ -279,6 +301,7 @@ def test_main_trains_on_from_an_imported_run(tmp_path):
   assert rundir.status(workdir) == 'done'
 
 
+@pytest.mark.slow  # compiles a ResNet-18
 def test_torchvision_import_matches_torchs_forward(tmp_path):
   torch = pytest.importorskip('torch', reason='torch is not installed (not in requirements.txt); this test runs '
                               'where it is')
@@ -325,8 +348,8 @@ class _RunsCode:
     return (os.system, (f'touch {self.marker}',))
 
 
-def test_wrong_pickles_are_refused_in_one_line(tmp_path, capsys, haiku_byol, byol_package):
-  params, state, _, _ = haiku_byol
+def test_wrong_pickles_are_refused_in_one_line(tmp_path, capsys, haiku_weights, byol_package):
+  _, params, state, _ = haiku_weights
   good = dm_checkpoint_bytes(params, state, byol_package, target=False)
   workdir = tmp_path / 'run'
   marker = tmp_path / 'code_ran'
@@ -347,8 +370,8 @@ def test_wrong_pickles_are_refused_in_one_line(tmp_path, capsys, haiku_byol, byo
   assert not any(p.name.startswith('run.') for p in tmp_path.iterdir())  # no temporary folder left
 
 
-def test_missing_key_and_wrong_shape_name_the_key(tmp_path, capsys, haiku_byol, byol_package):
-  params, state, _, _ = haiku_byol
+def test_missing_key_and_wrong_shape_name_the_key(tmp_path, capsys, haiku_weights, byol_package):
+  _, params, state, _ = haiku_weights
   workdir = tmp_path / 'run'
   missing = {k: v for k, v in params.items() if k != 'res_net50/~/block_group_2/~/block_3/~/conv_1'}
   src = tmp_path / 'missing.pkl'
