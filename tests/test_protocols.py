@@ -28,10 +28,13 @@ SMALL = dict(epochs=15, batch_size=32)  # 8 steps an epoch of the 256 synthetic 
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  """A trained configs/tiny.py run (evaluated at steps 0 and 6) and its summary."""
+def tiny_run(tmp_path_factory, xla_unoptimized_module):
+  """A trained configs/tiny.py run (evaluated at steps 0 and 6) and its summary, on 2 of the tests' 8 devices. The
+  module's programs are compiled unoptimized (the protocols' numbers are compared with numbers made the same way)."""
   workdir = str(tmp_path_factory.mktemp('protocols'))
-  summary = train.run(tiny.get_config(), workdir)
+  config = tiny.get_config()
+  config.train.num_devices = 2
+  summary = train.run(config, workdir)
   return workdir, summary
 
 
