@@ -138,15 +138,20 @@ def test_links_resolve():
   assert not problems, 'broken links:\n' + '\n'.join(problems)
 
 
-def test_no_file_refers_outside_the_project():
+def checked_texts():
+  """(path, text) of every project text file the reference checks read: not this file, and of the records only
+  their write-ups (.md), not the runs' data."""
   this = os.path.relpath(os.path.abspath(__file__), ROOT)
-  found = []
   for rel in project_files():
     if rel == this or (rel.startswith(RECORDS) and not rel.endswith('.md')):
       continue
     text = read_text(os.path.join(ROOT, rel))
     if text is not None:
-      found += outside_references(rel, text)
+      yield rel, text
+
+
+def test_no_file_refers_outside_the_project():
+  found = [problem for rel, text in checked_texts() for problem in outside_references(rel, text)]
   assert not found, 'paths outside the project:\n' + '\n'.join(found)
 
 
@@ -212,14 +217,7 @@ def dangling_doc_references(rel: str, text: str, root: str = ROOT) -> list[str]:
 
 
 def test_files_name_only_doc_sections_that_exist():
-  this = os.path.relpath(os.path.abspath(__file__), ROOT)
-  found = []
-  for rel in project_files():
-    if rel == this or (rel.startswith(RECORDS) and not rel.endswith('.md')):
-      continue
-    text = read_text(os.path.join(ROOT, rel))
-    if text is not None:
-      found += dangling_doc_references(rel, text)
+  found = [problem for rel, text in checked_texts() for problem in dangling_doc_references(rel, text)]
   assert not found, 'files name doc sections that do not exist (fix the reference or the heading):\n' + '\n'.join(found)
 
 
