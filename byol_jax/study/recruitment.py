@@ -95,19 +95,21 @@ def figure(result: dict, path: str, title: str = '') -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7.5, 4.5))
-  for row, per in result['runs'].items():
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  for i, (row, per) in enumerate(result['runs'].items()):
     length = min(len(r['steps']) for r in per.values())
     steps = np.array(next(iter(per.values()))['steps'][:length])
     counts = np.array([r['modes_above'][:length] for r in per.values()], np.float64)
-    line, = ax.plot(steps, np.median(counts, axis=0), label=f'{row} ({len(per)})')
+    # Ten colours, then the next line style: a study of more than ten rows keeps every row apart.
+    color, style = f'C{i % 10}', ('-', '--', '-.')[i // 10 % 3]
+    ax.plot(steps, np.median(counts, axis=0), color=color, ls=style, label=f'{row} ({len(per)})')
     if len(per) > 1:
-      ax.fill_between(steps, counts.min(axis=0), counts.max(axis=0), color=line.get_color(), alpha=0.15)
+      ax.fill_between(steps, counts.min(axis=0), counts.max(axis=0), color=color, alpha=0.12)
   ax.set_xlabel('step')
   ax.set_ylabel(f'modes of F above {recruitment.LIVE_FRACTION:g} s_1')
   ax.set_title(title or 'mode recruitment: median over seeds, range shaded')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))  # outside: the lines fill the axes
   fig.tight_layout()
   fig.savefig(path, dpi=110, format='png')  # path may be a temporary name (results.py's atomic writer)
   plt.close(fig)

@@ -47,7 +47,7 @@ PAPER = {
 }
 PAIRS = ('directpred_general-directpred', 'directpred_c4-directpred', 'directpred_eps05-directpred',
          'directpred_proj-directpred', 'directcopy_eps025-directpred', 'directpred_6000-linear_sym_6000',
-         'directpred_isoloss-directpred')
+         'directpred_isoloss-directpred', 'directpred_isoloss-linear_sym_isoloss', 'directpred_isoloss-directpred_c4')
 
 
 def get_config(arg=None):
