@@ -1,8 +1,16 @@
 """Helpers of scripts/gpu/bench_and_study.sh: how long the predictor study can train, and the summary of the call.
 
+  python scripts/gpu/bench_and_study.py rate FIGURES.jsonl --group=G
+      -> the GPU time of one run-step in ms: the study network's G runs trained together (--batch_runs; their
+         step / G), as scripts/gpu/batched_runs_bench.py measured it in this call, else one run alone
   python scripts/gpu/bench_and_study.py plan --seconds=S --ms_per_step=M --runs=18 [--overhead=150] [--safety=0.75]
       -> one line of study flags: --config.base.train.steps=N (and, past the paper's weight-decay exposure, the
          lr, weight decay and EMA rate that keep it), or 'skip: ...'
+
+The study trains with --batch_runs: a row's seeds together, one process per group (rows differ in the predictor,
+another program). `plan` divides the GPU time by the runs' summed cost, runs x steps x ms per run-step, so it
+takes the groups' per-run cost (`rate`), not one run's: a group of 3 costs 1.91 runs' time on an H100 for the
+tiny study network (16: 3.93x; 2026-12-06), less for the ResNet-18 this part trains, which the call measures.
   python scripts/gpu/bench_and_study.py summary OUT_DIR   -> OUT_DIR/summary.md (also printed)
 
 The paper's regime (configs/study/_base.py) matches the paper's STL-10 run in eta = wd / lr and beta = (1 - tau) / lr;
@@ -34,7 +42,8 @@ def paper_regime(steps: int, lr: float, wd: float, tau: float, momentum: float) 
 
 def plan_steps(seconds: float, ms_per_step: float, runs: int, overhead: float, safety: float,
                min_steps: int) -> int | None:
-  """Steps per run that fit: (seconds - overhead) x safety of GPU time shared by `runs` runs, in steps of 50."""
+  """Steps per run that fit: (seconds - overhead) x safety of GPU time for `runs` runs of `ms_per_step` ms per
+  run-step each (a group's step / its runs when they train together), in steps of 50."""
   steps = int((seconds - overhead) * safety * 1e3 / ms_per_step / runs) // 50 * 50
   steps = min(steps, MAX_STEPS)
   return steps if steps >= min_steps else None
@@ -51,6 +60,17 @@ def plan(args) -> str:
     flags += [f'--config.base.optim.lr={r["lr"]:.5g}', f'--config.base.optim.weight_decay={r["wd"]:.5g}',
               f'--config.base.ema.tau_base={r["tau"]:.6g}']
   return ' '.join(flags)
+
+
+def run_step_ms(rows: list[dict], group: int) -> float | None:
+  """ms of GPU time per run-step from scripts/gpu/batched_runs_bench.py's lines (part predictors_rate): `group` runs
+  together, per run, when measured; else one run alone; None when neither ran."""
+  rate = [r for r in rows if r.get('part') == 'predictors_rate' and 'ms_per_step' in r and r.get('feed') == 'host']
+  together = next((r for r in rate if r.get('mode') == 'together' and r.get('runs') == group), None)
+  if together is not None and group > 1:
+    return together['ms_per_run_step']
+  alone = next((r for r in rate if r.get('mode') == 'alone'), None)
+  return alone['ms_per_step'] if alone else None
 
 
 def _lines(path: str) -> list[dict]:
@@ -94,11 +114,17 @@ def figures_table(rows: list[dict]) -> list[str]:
       out.append(f'| PyTorch peer, {"torch.compile" if p.get("compile") else "eager"}, bf16 autocast, channels-last | '
                  f'{p["ms_per_step"]:.2f} | {p["img_per_s"]:,.0f} | {vs} | | {p.get("mfu")} |')
     out.append('')
-  rate = next((r for r in rows if r.get('part') == 'predictors_rate'), None)
-  if rate:
-    out += [f'The predictor study\'s network alone ({rate["backbone"]} width {rate["width"]}, {rate["image_size"]} px, '
-            f'batch {rate["batch_size"]}, {rate["compute_dtype"]}, DirectPred {rate["solver"]}, augmentation on): '
-            f'{rate["ms_per_step"]:.2f} ms per step, {rate["images_per_sec"]:,.0f} images/s, MFU {rate.get("mfu")}.', '']
+  rate = [r for r in rows if r.get('part') == 'predictors_rate' and 'ms_per_step' in r]
+  alone = next((r for r in rate if r.get('mode') == 'alone'), None)
+  together = next((r for r in rate if r.get('mode') == 'together' and r.get('runs', 1) > 1), None)
+  if alone:
+    text = (f'The predictor study\'s network ({alone["backbone"]} width {alone["width"]}, batch {alone["batch_size"]}, '
+            f'{alone["compute_dtype"]}, DirectPred {alone["solver"]}, augmentation on): one run alone '
+            f'{alone["ms_per_step"]:.2f} ms per step')
+    if together:
+      text += (f'; {together["runs"]} runs together (--batch_runs) {together["ms_per_step"]:.2f} ms per step, '
+               f'{together["ms_per_run_step"]:.2f} ms per run-step (per-run speed-up {together["per_run_speedup"]})')
+    out += [text + '.', '']
   peak = next((r for r in rows if 'measured_peak_tflops' in r), None)
   if peak:
     out += [f'Measured bf16 matrix-product peak: {peak["measured_peak_tflops"]} TFLOP/s. MFU against {PEAK_TFLOPS:.0f} '
@@ -148,7 +174,8 @@ def main():
   sub = ap.add_subparsers(dest='what', required=True)
   p = sub.add_parser('plan')
   p.add_argument('--seconds', type=float, required=True, help='time left for the study')
-  p.add_argument('--ms_per_step', type=float, required=True, help='one run alone, ms per step')
+  p.add_argument('--ms_per_step', type=float, required=True,
+                 help='GPU ms per run-step: one run alone, or a group of runs trained together per run (`rate`)')
   p.add_argument('--runs', type=int, required=True)
   p.add_argument('--overhead', type=float, default=150.0, help='start, compilation, evaluations, results (s)')
   p.add_argument('--safety', type=float, default=0.75)
@@ -157,9 +184,16 @@ def main():
   p.add_argument('--wd', type=float, default=1.33e-3)
   p.add_argument('--tau', type=float, default=0.987)
   p.add_argument('--momentum', type=float, default=0.9)
+  r = sub.add_parser('rate')
+  r.add_argument('figures')
+  r.add_argument('--group', type=int, required=True, help='runs trained together per group')
   s = sub.add_parser('summary')
   s.add_argument('out_dir')
   args = ap.parse_args()
+  if args.what == 'rate':
+    ms = run_step_ms(_lines(args.figures), args.group)
+    print('' if ms is None else f'{ms:.4f}')
+    return
   print(plan(args) if args.what == 'plan' else summary(args.out_dir))
 
 

@@ -16,6 +16,7 @@
 #   PARTS="r18 r50" bash scripts/gpu/bench_and_study.sh              a subset of: r18 batched r50 predictors (in order)
 #   R50_VARIANTS=no_augment+directpred+newton_schulz,no_augment ...   also R50's MLP predictor (+35 s)
 #   PARTS=predictors BUDGET=540 bash scripts/gpu/bench_and_study.sh  a call for the study alone (~4x the steps)
+#   BATCH_RUNS=1 PARTS=predictors ...                                  the study's runs each alone (no --batch_runs)
 # CPU dry run (checks that every command runs; figures meaningless): see docs/gpu.md, `DRY=1`.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -25,7 +26,9 @@ DATA=${DATA:-data/fashion-mnist}
 PY=${PY:-python3}; TORCH_PY=${TORCH_PY:-$PY}
 PRED_ROWS=${PRED_ROWS:-mlp,linear,linear_sym,directpred,directcopy,none}
 PRED_SEEDS=${PRED_SEEDS:-3}
-PRED_PARALLEL=${PRED_PARALLEL:-0}     # processes for the study; 0: one per run
+PRED_PARALLEL=${PRED_PARALLEL:-0}     # processes for the study; 0: one per group of runs trained together
+BATCH_RUNS=${BATCH_RUNS:-16}          # the study's --batch_runs: a row's seeds train together (rows differ in the
+                                      # predictor, another program), up to this many per process
 PRED_STEPS=${PRED_STEPS:-}            # fixed steps per run instead of the plan from the time left
 WORK=${WORK:-/tmp/bench_and_study}            # the study's folder (checkpoints stay there; the record comes back)
 if [ -n "${DRY:-}" ]; then  # CPU: tiny shapes and steps, same commands
@@ -35,13 +38,13 @@ if [ -n "${DRY:-}" ]; then  # CPU: tiny shapes and steps, same commands
   PEER_R18="--res 32 --batch 4 --steps 1"; PEER_R50="--res 32 --batch 2 --steps 1"; PEER_COMPILE=${PEER_COMPILE:-0}
   BATCHED_ARGS=${BATCHED_ARGS:---runs=2 --steps=1 --repeats=1 --feeds=host --set=model.width=4}
   PRED_EXTRA=${PRED_EXTRA:---config.base.model.width=4 --config.base.eval.num_train=256 --config.base.eval.precise_bn_batches=1 --config.base.eval.probe_max_iter=5 --config.base.eval.knn_k=5}
-  PRED_STEPS=${PRED_STEPS:-2}; PRED_SEEDS=${PRED_SEEDS_DRY:-1}; PRED_RATE_STEPS="--steps=1 --repeats=1 --warmup=1"
+  PRED_STEPS=${PRED_STEPS:-2}; PRED_SEEDS=${PRED_SEEDS_DRY:-2}; PRED_RATE_STEPS="--steps=1 --repeats=1"
   PRED_PARALLEL=${PRED_PARALLEL_DRY:-2}
 else
   BENCH_STEPS=""; R18_EXTRA=${R18_EXTRA:-}; R50_EXTRA=${R50_EXTRA:-}; PEER_COMPILE=${PEER_COMPILE:-1}
   PEER_R18="--res 96 --batch 256 --steps 50"; PEER_R50="--res 224 --batch 128 --steps 20"
   BATCHED_ARGS=${BATCHED_ARGS:---runs=3,8,16,32 --steps=30 --repeats=3}
-  PRED_EXTRA=${PRED_EXTRA:-}; PRED_RATE_STEPS="--steps=20 --repeats=2 --warmup=3"
+  PRED_EXTRA=${PRED_EXTRA:-}; PRED_RATE_STEPS="--steps=20 --repeats=2"
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 TSCALE=${TSCALE:-1}  # the parts' timeouts times this (a dry run on a slow CPU: DRY sets 20)
@@ -94,33 +97,37 @@ for part in $PARTS; do
     timeout "$(cap 150)" $PY scripts/gpu/batched_runs_bench.py $BATCHED_ARGS --data_path="$DATA" \
       --out="$OUT/batched.jsonl" >>"$OUT/log.txt" 2>&1
     status $? batched; tail -1 "$OUT/batched.jsonl" 2>/dev/null ;;
-  predictors) log "predictors: the study network's step alone, then the study sized to the time left"
-    SEEDS=$PRED_SEEDS; RUNS=$(( $(echo "$PRED_ROWS" | tr ',' '\n' | wc -l) * SEEDS ))
-    NET="--config.model.backbone=resnet18 --config.model.stem=cifar --config.model.width=64"
-    [ -n "${DRY:-}" ] && NET="--config.model.backbone=resnet18 --config.model.stem=cifar --config.model.width=4"
-    # One run's step alone (the study's row directpred, augmentation on): the rate the plan divides the time by.
-    timeout "$(cap 60)" $PY -m byol_jax.bench --config=configs/fashion_mnist.py $NET \
-      --config.predictor.kind=directpred --config.train.num_devices=1 --variants=full $PRED_RATE_STEPS \
-      2>>"$OUT/log.txt" | tee -a "$OUT/log.txt" | grep '^{"variant"' | tail -1 \
+  predictors) log "predictors: a row's seeds trained together against one run alone, then the study sized to the time left"
+    SEEDS=$PRED_SEEDS; ROWS=$(echo "$PRED_ROWS" | tr ',' '\n' | wc -l); RUNS=$(( ROWS * SEEDS ))
+    GROUP=$(( BATCH_RUNS < SEEDS ? BATCH_RUNS : SEEDS ))  # runs per group: only a row's seeds share a program
+    NGROUPS=$(( ROWS * ( (SEEDS + GROUP - 1) / GROUP ) ))
+    WIDTH=64; [ -n "${DRY:-}" ] && WIDTH=4
+    NET="--config.model.backbone=resnet18 --config.model.stem=cifar --config.model.width=$WIDTH"
+    # The study row directpred on the study network (augmentation on), one run alone and GROUP runs together
+    # (byol_jax.batched, as --batch_runs trains them): the GPU time per run-step the plan divides the time by.
+    timeout "$(cap 100)" $PY scripts/gpu/batched_runs_bench.py --row=directpred --runs="$GROUP" --feeds=host \
+      --set=model.backbone=resnet18 --set=model.stem=cifar --set=model.width=$WIDTH --data_path="$DATA" \
+      $PRED_RATE_STEPS 2>>"$OUT/log.txt" | tee -a "$OUT/log.txt" | grep '^{"device"' \
       | sed 's/^{/{"part": "predictors_rate", /' >>"$OUT/figures.jsonl"; status "${PIPESTATUS[0]}" "study network step"
-    MS=$(tail -1 "$OUT/figures.jsonl" | $PY -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["ms_per_step"] if d.get("part")=="predictors_rate" else "")' 2>/dev/null)
+    MS=$($PY scripts/gpu/bench_and_study.py rate "$OUT/figures.jsonl" --group="$GROUP" 2>>"$OUT/log.txt")
     if [ -z "$PRED_STEPS" ]; then
       [ -z "$MS" ] && { log "predictors: no step time measured; skipped"; continue; }
       PLAN=$($PY scripts/gpu/bench_and_study.py plan --seconds=$(( $(left) - 30 )) --ms_per_step="$MS" --runs=$RUNS)
     else
       PLAN="--config.base.train.steps=$PRED_STEPS --config.base.train.checkpoint_every=$PRED_STEPS"
     fi
-    log "predictors: $RUNS runs, plan: $PLAN"
+    log "predictors: $RUNS runs in $NGROUPS groups of up to $GROUP, ${MS:-?} ms per run-step, plan: $PLAN"
     case $PLAN in skip*) continue ;; esac
-    P=$PRED_PARALLEL; [ "$P" = 0 ] && P=$RUNS
+    P=$PRED_PARALLEL; [ "$P" = 0 ] && P=$NGROUPS
     # Several processes share the GPU: each takes memory as it needs it, not 75% of the card up front.
     XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -k 30 "$(cap 100000)" $PY -m byol_jax.study \
       --config=configs/study/predictors.py --workdir="$WORK/study" --record="$WORK/record" \
-      --rows="$PRED_ROWS" --parallel="$P" --config.seeds="$SEEDS" --config.base.data.path="$PWD/$DATA" \
+      --rows="$PRED_ROWS" --parallel="$P" --batch_runs="$BATCH_RUNS" --config.seeds="$SEEDS" \
+      --config.base.data.path="$PWD/$DATA" \
       $(echo "$NET" | sed 's/--config\./--config.base./g') $PLAN $PRED_EXTRA >>"$OUT/log.txt" 2>&1
     status $? study; log "predictors: study ended"
     cp "$WORK/record/results.md" "$OUT/predictors_results.md" 2>/dev/null
-    tar -czf "$OUT/predictors.tgz" -C "$WORK" record $(cd "$WORK" && ls -d study/.worker*.log 2>/dev/null) 2>/dev/null ;;
+    tar -czf "$OUT/predictors.tgz" -C "$WORK" record $(cd "$WORK" && ls -d study/.groups 2>/dev/null) 2>/dev/null ;;
   *) log "unknown part $part" ;;
   esac
 done
