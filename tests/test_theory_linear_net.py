@@ -187,3 +187,23 @@ def test_directpred_predictor_is_byol_jax_one():
   np.testing.assert_allclose(jnp.linalg.eigvalsh(net.w_p)[-1], 1.1, rtol=1e-4)
   assert float(m['asymmetry'][-1]) < 1e-5
   assert float(m['commutator_rel'][-1]) < 0.2
+
+
+def test_isoloss_takes_the_predictor_out_of_the_online_gradient():
+  """IsoLoss on the linear network: the loss and W_p's gradient unchanged; W's gradient is dJ/dM (M = W_p W), which
+  the ordinary gradient W_p^T dJ/dM carries times W_p^T: here dJ/dM = M (X + X') - W_a X, by hand."""
+  k = jax.random.split(jax.random.PRNGKey(2), 5)
+  x, xp = _spd(k[0], 4), 0.3 * _spd(k[1], 4)
+  w, w_a, w_p = jax.random.normal(k[2], (3, 4)), jax.random.normal(k[3], (3, 4)), jax.random.normal(k[4], (3, 3))
+
+  def loss(wp, ww, iso):
+    if iso:
+      wp, ww = ln.isoloss_weights(wp, ww)
+    return ln.population_loss(wp, ww, jax.lax.stop_gradient(w_a), x, xp)
+
+  (g_p, g_w), (i_p, i_w) = (jax.grad(loss, argnums=(0, 1))(w_p, w, iso) for iso in (False, True))
+  np.testing.assert_allclose(loss(w_p, w, True), loss(w_p, w, False), rtol=1e-6)
+  np.testing.assert_allclose(i_p, g_p, rtol=1e-5, atol=1e-5)
+  d_m = w_p @ w @ (x + xp) - w_a @ x
+  np.testing.assert_allclose(i_w, d_m, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g_w, w_p.T @ d_m, rtol=1e-4, atol=1e-4)

@@ -85,6 +85,14 @@ def sampled_loss(w_p, w, w_a, x1, x2):
   return 0.5 * jnp.mean(jnp.sum((x1 @ w.T @ w_p.T - x2 @ w_a.T) ** 2, axis=-1))
 
 
+def isoloss_weights(w_p, w):
+  """(I, M) with M = W_p W in value, for the losses above in place of (W_p, W): IsoLoss (Halvagal, Laborieux &
+  Zenke 2023; byol_jax/losses.py isotropic_term). W_p still gets dJ/dW_p, but W gets dJ/dM x^T itself instead of
+  W_p^T dJ/dM x^T: the predictor's eigenvalue no longer multiplies each mode's gradient."""
+  sw = jax.lax.stop_gradient(w)
+  return jnp.eye(w_p.shape[0], dtype=w.dtype), w_p @ sw + (w - sw)
+
+
 def no_stopgrad_rhs(w: jax.Array, w_p: jax.Array, x: jax.Array, x_prime: jax.Array,
                     eta: float) -> jax.Array:
   """Thm 2: dW/dt with W_a = W and the gradient flowing through the target (autodiff)."""
@@ -195,7 +203,8 @@ def train(net0: Net, key, *, num_steps: int, lr: float, alpha_p: float = 1.0, et
           beta: float = 1.0, x: jax.Array, x_prime: jax.Array, batch_size: int | None = None,
           predictor: str = 'symmetric', stop_grad: bool = True, target: str = 'ema',
           directpred_eps: float = 0.0, directpred_power: float = 2.0, directpred_rho: float | None = 0.3,
-          record_every: int = 10, basis: jax.Array | None = None, directpred_projection: float = 0.0):
+          record_every: int = 10, basis: jax.Array | None = None, directpred_projection: float = 0.0,
+          isoloss: bool = False):
   """Discrete training of the linear network; returns (times [R+1], metrics dict of [R+1, ...], final net).
 
   Per step, with lr alpha: W <- W - alpha (dJ/dW + eta W); W_p <- W_p - alpha alpha_p (dJ/dW_p + eta W_p)
@@ -203,7 +212,7 @@ def train(net0: Net, key, *, num_steps: int, lr: float, alpha_p: float = 1.0, et
   `_projection` as byol_jax.spectral.directpred_eigenvalues); W_a <- W_a + alpha beta (W - W_a)
   (`target='online'`: W_a = W, SimSiam). `stop_grad=False` lets the gradient flow into the target branch.
   `batch_size=None` uses the population loss (expected gradient); otherwise minibatches are sampled.
-  Time of record r is r * record_every * alpha. Jitted end to end (lax.scan).
+  `isoloss=True` trains W with IsoLoss's gradient (`isoloss_weights`). Time of record r is r * record_every * alpha. Jitted end to end (lax.scan).
   """
   if predictor not in PREDICTORS:
     raise ValueError(f'predictor must be one of {PREDICTORS}, got {predictor!r}')
@@ -218,6 +227,8 @@ def train(net0: Net, key, *, num_steps: int, lr: float, alpha_p: float = 1.0, et
       w_a = w
     if stop_grad:
       w_a = jax.lax.stop_gradient(w_a)
+    if isoloss:
+      w_p, w = isoloss_weights(w_p, w)
     if batch_size is None:
       return population_loss(w_p, w, w_a, x, x_prime), x + x_prime
     k1, k2, k3 = jax.random.split(k, 3)

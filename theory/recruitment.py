@@ -31,6 +31,8 @@ RULES = {
     'directpred_eps05': dict(predictor='directpred', directpred_eps=0.5),
     'directpred_proj': dict(predictor='directpred', directpred_eps=0.1, directpred_projection=0.01),
     'directcopy_eps025': dict(predictor='directpred', directpred_eps=0.25, directpred_power=1.0),
+    'directpred_isoloss': dict(predictor='directpred', directpred_eps=0.1, isoloss=True),
+    'linear_sym_isoloss': dict(predictor='symmetric', isoloss=True),
 }
 DIM = 16
 DOMINANT = 30.0   # the first input direction's variance; the others 1/k, k = 1..DIM-1
