@@ -1,8 +1,10 @@
 """Runs trained together (byol_jax/batched.py): each run's losses are those of the same run trained alone; a study's
 runs trained with --batch_runs (byol_jax/train_batched.py, main_batched.py) write each run directory as alone."""
+import io
 import os
 import shutil
 import signal
+import time
 import types
 
 import jax
@@ -183,6 +185,18 @@ def studies(tmp_path_factory, xla_unoptimized_module):
 
 
 @pytest.mark.slow  # two runs alone and the two together (a process): three compilations of a training step
+def test_the_study_line_shows_the_runs_whose_group_started_and_times_them_from_there(tmp_path):
+  """Runs handed to launch.LocalGroups wait for a free process: the study's line leaves them out until then."""
+  runs = plan_lib.plan(tiny_study(seeds=2), str(tmp_path), '', 1)
+  started = {runs[0].key: time.time() - 125}
+  progress = runner.Progress('s', len(runs), 0, runs, io.StringIO(), started_at=lambda r: started.get(r.key))
+  for r in runs:
+    progress.start(r)
+  line = progress.line()
+  assert f'now {runs[0].label} step 0/' in line and '(2m0' in line
+  assert all(r.label not in line for r in runs[1:])
+
+
 def test_a_study_trained_with_batch_runs_writes_each_run_as_alone(studies):
   study, alone, together, outcome_alone, outcome = studies
   assert outcome_alone['ran'] == outcome['ran'] == 2 and not outcome['failed'] and not outcome['preempted']

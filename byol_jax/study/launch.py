@@ -153,6 +153,7 @@ class LocalGroups:
     self.waiting = []  # runs handed over, not started yet, in the study's order
     self.procs = {}  # slot -> (runs, Popen, log file)
     self.logs = {}  # run key -> the log of the process that trained it last
+    self.launched = {}  # run key -> when its process started (the study's progress and run times read it)
     self.stopped = []  # runs never started because of a signal: reported ended at the next wait
 
   def start(self, run) -> None:
@@ -187,6 +188,11 @@ class LocalGroups:
     self.procs[slot] = (group, proc, log)
     for r in group:
       self.logs[r.key] = path
+      self.launched[r.key] = time.time()
+
+  def started_at(self, run) -> float | None:
+    """When the run's process started; None while it waits for a free one."""
+    return self.launched.get(run.key)
 
   def wait(self, timeout: float) -> list:
     while self.waiting and len(self.procs) < self.n:

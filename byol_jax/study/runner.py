@@ -32,14 +32,16 @@ class Progress:
 
   On a terminal the line is redrawn in place every 2 s; in a log it is printed when a run starts or ends and every
   LOG_EVERY_S. ETA = the steps left of the pending runs / the steps per second measured in this invocation over
-  every run (compilation, evaluations and start-up included)."""
+  every run (compilation, evaluations and start-up included). `started_at(run)`, where the launcher has it, says
+  when a handed-over run really started (None: it waits for a free process, as --batch_runs' groups do)."""
 
-  def __init__(self, name: str, total: int, done: int, pending: list, out=None):
+  def __init__(self, name: str, total: int, done: int, pending: list, out=None, started_at=None):
     self.name, self.total, self.done = name, total, done
     self.out = out or sys.stdout
     self.tty = hasattr(self.out, 'isatty') and self.out.isatty()
     self.pending = list(pending)
     self.running = {}  # key -> (run, start time)
+    self.started_at = started_at
     self.lock = threading.Lock()
     self.t0 = time.time()
     self.steps_at_start = self._steps()
@@ -60,7 +62,7 @@ class Progress:
   def line(self) -> str:
     parts = [f'study {self.name}: {self.done}/{self.total} runs done']
     now = time.time()
-    running = list(self.running.values())
+    running = [(r, t) for r, t in ((r, self.start_time(r, t)) for r, t in self.running.values()) if t is not None]
     if running:
       shown = ', '.join(f'{r.label} step {min(rundir.last_step(r.path), r.steps)}/{r.steps} ({_duration(now - t)})'
                         for r, t in running[:4])
@@ -95,6 +97,10 @@ class Progress:
   def start(self, run):
     self.running[run.key] = (run, time.time())
     self.draw(force=True)
+
+  def start_time(self, run, handed_over: float):
+    """When the run started training: the launcher's word where it has one, else when it was handed over."""
+    return self.started_at(run) if self.started_at is not None else handed_over
 
   def end(self, run, finished: bool):
     self.running.pop(run.key, None)
@@ -175,7 +181,7 @@ def run_study(study, workdir: str, launcher=None, rows_flag: str = '', reuse_dir
     out.write(f'study {name}: all {len(runs)} runs already finished in {workdir}{taken}\n')
     out.flush()
     return _end(study, workdir, record, preempted=False, ran=0, skipped=len(runs), failed=[], waiting=0)
-  progress = Progress(name, len(runs), len(finished), pending, out)
+  progress = Progress(name, len(runs), len(finished), pending, out, getattr(launcher, 'started_at', None))
   if finished:
     progress.message(f'{len(finished)} of {len(runs)} runs already finished in {workdir}: skipped{taken}')
   stop = {}
@@ -234,7 +240,8 @@ def run_study(study, workdir: str, launcher=None, rows_flag: str = '', reuse_dir
       else:
         ended = launcher.wait(POLL_S)
       for r, code in ended:
-        _, started = running.pop(r.key)
+        _, handed_over = running.pop(r.key)
+        started = progress.start_time(r, handed_over) or handed_over
         if locking:
           rundir.unlock(r.path)
         status = r.status()
