@@ -22,6 +22,7 @@ Each row below tests one explanation; each is paired by seed with `directpred` (
   D  directcopy_eps025   DirectCopy at the floor of its public implementation, F / lambda_max + 0.25 I
      directpred_isoloss, linear_sym_isoloss  IsoLoss (Halvagal et al. 2023): the predictor's input gets the
                          loss's gradient without W_p's per-mode factor (byol_jax/losses.py isotropic_term)
+     directpred_c4_isoloss  both fixes together (c = 4 and IsoLoss): do they add up, or are they one mechanism?
 """
 from byol_jax.config import load_config_module
 
@@ -40,6 +41,7 @@ ROWS = {
     'linear_sym_6000': 'linear_sym,epochs200',
     'directpred_isoloss': 'directpred,isoloss',
     'linear_sym_isoloss': 'linear_sym,isoloss',
+    'directpred_c4_isoloss': 'directpred,power4,isoloss',
 }
 PAPER = {
     'directpred': (77.86, 'Tbl 6 rho 0.3, eps 0.1'),
@@ -47,7 +49,8 @@ PAPER = {
 }
 PAIRS = ('directpred_general-directpred', 'directpred_c4-directpred', 'directpred_eps05-directpred',
          'directpred_proj-directpred', 'directcopy_eps025-directpred', 'directpred_6000-linear_sym_6000',
-         'directpred_isoloss-directpred', 'directpred_isoloss-linear_sym_isoloss', 'directpred_isoloss-directpred_c4')
+         'directpred_isoloss-directpred', 'directpred_isoloss-linear_sym_isoloss', 'directpred_isoloss-directpred_c4',
+         'directpred_c4_isoloss-directpred_c4', 'directpred_c4_isoloss-directpred_isoloss')
 
 
 def get_config(arg=None):
