@@ -6,12 +6,13 @@
   python scripts/gpu/bench_and_study.py plan --seconds=S --ms_per_step=M --runs=18 [--overhead=150] [--safety=0.75]
       -> one line of study flags: --config.base.train.steps=N (and, past the paper's weight-decay exposure, the
          lr, weight decay and EMA rate that keep it), or 'skip: ...'
+  python scripts/gpu/bench_and_study.py summary OUT_DIR   -> OUT_DIR/summary.md (also printed)
 
 The study trains with --batch_runs: a row's seeds together, one process per group (rows differ in the predictor,
 another program). `plan` divides the GPU time by the runs' summed cost, runs x steps x ms per run-step, so it
-takes the groups' per-run cost (`rate`), not one run's: a group of 3 costs 1.91 runs' time on an H100 for the
-tiny study network (16: 3.93x; 2026-12-06), less for the ResNet-18 this part trains, which the call measures.
-  python scripts/gpu/bench_and_study.py summary OUT_DIR   -> OUT_DIR/summary.md (also printed)
+takes the groups' per-run cost (`rate`), not one run's: on an H100 a group of 3 runs of the tiny study network
+costs 1.6 runs' time (per-run speed-up 1.91x; 16 runs: 3.93x; 2026-12-06). The ResNet-18 this part trains fills
+more of the GPU, so its gain is likely smaller: the call measures it.
 
 The paper's regime (configs/study/_base.py) matches the paper's STL-10 run in eta = wd / lr and beta = (1 - tau) / lr;
 its weight-decay exposure wd lr steps / (1 - m) grows with the steps and reaches the paper's 9.8 at ~7,370 steps
