@@ -184,7 +184,6 @@ def studies(tmp_path_factory, xla_unoptimized_module):
   return study, alone, together, outcome_alone, outcome
 
 
-@pytest.mark.slow  # two runs alone and the two together (a process): three compilations of a training step
 def test_the_study_line_shows_the_runs_whose_group_started_and_times_them_from_there(tmp_path):
   """Runs handed to launch.LocalGroups wait for a free process: the study's line leaves them out until then."""
   runs = plan_lib.plan(tiny_study(seeds=2), str(tmp_path), '', 1)
@@ -197,6 +196,7 @@ def test_the_study_line_shows_the_runs_whose_group_started_and_times_them_from_t
   assert all(r.label not in line for r in runs[1:])
 
 
+@pytest.mark.slow  # two runs alone and the two together (a process): three compilations of a training step
 def test_a_study_trained_with_batch_runs_writes_each_run_as_alone(studies):
   study, alone, together, outcome_alone, outcome = studies
   assert outcome_alone['ran'] == outcome['ran'] == 2 and not outcome['failed'] and not outcome['preempted']
