@@ -42,6 +42,13 @@ def main_batched_command(paths) -> list[str]:
   return [sys.executable, '-m', 'byol_jax.main_batched', *[os.path.abspath(p) for p in paths]]
 
 
+def signal_running(procs: dict, signum) -> None:
+  """Passes a signal on to every training process still running ({slot: (runs, Popen, log)})."""
+  for _, proc, _ in procs.values():
+    if proc.poll() is None:
+      proc.send_signal(signum)
+
+
 def run_log(run) -> str:
   return os.path.join(run.path, rundir.LOG)
 
@@ -127,9 +134,7 @@ class LocalProcesses:
     return False
 
   def forward(self, signum) -> None:
-    for _, proc, _ in self.procs.values():
-      if proc.poll() is None:
-        proc.send_signal(signum)
+    signal_running(self.procs, signum)
 
   failure = staticmethod(failure)
 
@@ -215,9 +220,7 @@ class LocalGroups:
     return False
 
   def forward(self, signum) -> None:
-    for _, proc, _ in self.procs.values():
-      if proc.poll() is None:
-        proc.send_signal(signum)
+    signal_running(self.procs, signum)
     # Runs not started yet stay as they are (new, or at their checkpoint): the same command trains them.
     self.stopped, self.waiting = self.stopped + self.waiting, []
 
