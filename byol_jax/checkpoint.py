@@ -46,6 +46,17 @@ class CheckpointError(rundir.RunDirError):
   it as one line, as every RunDirError)."""
 
 
+def step_folders(directory: str) -> list[int]:
+  """The steps of the folders in `directory` named like orbax's step folders, newest first ([]: no folder).
+  Unverified: a listing."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return []
+  return sorted((int(n) for n in names if _STEP_NAME.match(n) and os.path.isdir(os.path.join(directory, n))),
+                reverse=True)
+
+
 def file_digests(folder: str) -> dict[str, str]:
   """{path relative to `folder`: SHA-256 hex digest} of every file under it except SHA256SUMS, sorted."""
   out = {}
@@ -166,15 +177,10 @@ class Checkpointer:
     self.manager.reload()  # after the moves: orbax must not list a folder that was moved aside
     return None if chosen < 0 else chosen
 
-  def _steps_on_disk(self) -> list[int]:
-    """The steps of the folders named like orbax's step folders, newest first."""
-    return sorted((int(n) for n in os.listdir(self.directory)
-                   if _STEP_NAME.match(n) and os.path.isdir(os.path.join(self.directory, n))), reverse=True)
-
   def _set_aside_foreign(self, say) -> None:
     """Moves aside the folders named like a step that hold no orbax checkpoint (an empty folder, someone else's
     files): orbax would list them as checkpoints, fail to restore them and refuse to save that step."""
-    for step in self._steps_on_disk():
+    for step in step_folders(self.directory):
       path = self.path(step)
       if not os.path.exists(os.path.join(path, DIGESTS)) and not os.path.exists(os.path.join(path, METADATA)):
         dest = _move_aside(path, 'incomplete')
@@ -185,7 +191,7 @@ class Checkpointer:
     """Checks the step folders from the newest down to the first that verifies, moving aside the damaged ones."""
     moved = []
     good = None
-    for step in self._steps_on_disk():
+    for step in step_folders(self.directory):
       path = self.path(step)
       has_digests = os.path.exists(os.path.join(path, DIGESTS))
       problem = verify(path) if has_digests else None

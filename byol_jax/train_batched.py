@@ -81,12 +81,8 @@ def saved_step(workdir: str) -> int:
   grouping. The group's process restores each run's newest checkpoint that verifies and splits the group again
   if that changed a run's step."""
   folder = os.path.join(workdir, rundir.CHECKPOINTS)
-  try:
-    names = os.listdir(folder)
-  except OSError:
-    return 0
-  steps = [int(n) for n in names if n.isdigit() and os.path.exists(os.path.join(folder, n, checkpoint.METADATA))]
-  return max(steps, default=0)
+  return next((s for s in checkpoint.step_folders(folder)
+               if os.path.exists(os.path.join(folder, str(s), checkpoint.METADATA))), 0)
 
 
 def verified_step(workdir: str) -> int:
